@@ -1,0 +1,348 @@
+"""The training configuration: one schema of nested dataclasses, validated once.
+
+The YAML keys are those of the official Concept Sliders configs, so an official `config-xl.yaml`
+loads unchanged. Precedence is defaults < YAML < overrides (command-line flags). This module knows
+nothing of torch or models; it only reads, checks and writes settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import InputError
+
+BUILTIN_MODEL = "builtin:tiny-sdxl"
+
+NETWORK_TYPES = ("lierla", "c3lier")
+TRAINING_METHODS = (
+    "full",
+    "noxattn",
+    "innoxattn",
+    "selfattn",
+    "xattn",
+    "xattn-strict",
+    "noxattn-hspace",
+    "noxattn-hspace-last",
+)
+NOISE_SCHEDULERS = ("ddim", "ddpm", "lms", "euler_a")
+OPTIMIZERS = (
+    "adam",
+    "adamw",
+    "adamw8bit",
+    "adam8bit",
+    "lion8bit",
+    "lion",
+    "prodigy",
+    "dadaptadam",
+    "dadaptlion",
+)
+LR_SCHEDULERS = ("constant", "cosine", "cosine_with_restarts", "step", "linear")
+
+# Official configs spell precisions out ("bfloat16"); both spellings mean the same dtype.
+PRECISION_ALIASES = {
+    "fp32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+}
+
+
+@dataclass(frozen=True)
+class PretrainedModelConfig:
+    name_or_path: str = BUILTIN_MODEL
+    v2: bool = False
+    v_pred: bool = False
+    clip_skip: int | None = None
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    type: str = "c3lier"
+    rank: int = 4
+    alpha: float = 1.0
+    training_method: str = "noxattn"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    precision: str = "bf16"
+    noise_scheduler: str = "ddim"
+    iterations: int = 1000
+    lr: float = 2e-4
+    optimizer: str = "adamw"
+    optimizer_args: str = ""
+    lr_scheduler: str = "constant"
+    max_denoising_steps: int = 50
+    seed: int = 0
+    bidirectional: bool = False
+
+
+@dataclass(frozen=True)
+class SaveConfig:
+    name: str = "slider"
+    path: str = "./models"
+    per_steps: int = 500
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    use_wandb: bool = False
+    verbose: bool = False
+    tensorboard_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class OtherConfig:
+    # Accepted for compatibility; PyTorch's scaled-dot-product attention is used either way.
+    use_xformers: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Image-pair sliders only: where the paired folders are and the multiplier of each."""
+
+    folder_main: str = "."
+    folders: tuple[str, ...] = ()
+    scales: tuple[float, ...] = ()
+    folders_per_step: int | None = None
+    cache_latents: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    prompts_file: str | None = None
+    pretrained_model: PretrainedModelConfig = field(default_factory=PretrainedModelConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    save: SaveConfig = field(default_factory=SaveConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    other: OtherConfig = field(default_factory=OtherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+_SECTIONS = {
+    "pretrained_model": PretrainedModelConfig,
+    "network": NetworkConfig,
+    "train": TrainConfig,
+    "save": SaveConfig,
+    "logging": LoggingConfig,
+    "other": OtherConfig,
+    "data": DataConfig,
+}
+
+
+def suggest(key: str, valid: list[str] | tuple[str, ...]) -> str:
+    """' (did you mean 'x'?)' for the closest valid name, or a list of the valid names."""
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "valid keys: " + ", ".join(valid)
+
+
+def _coerce(where: str, value: Any, annotation: str) -> Any:
+    """Check one YAML value against a field's annotation (as a string) and convert it."""
+    optional = annotation.endswith("| None")
+    base = annotation.replace("| None", "").strip()
+    if value is None:
+        if optional:
+            return None
+        raise InputError(f"config key '{where}' is empty; give it a value or remove the key")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise InputError(f"config key '{where}' must be true or false, got {value!r}")
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise InputError(f"config key '{where}' must be a whole number, got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise InputError(f"config key '{where}' must be a whole number, got {value!r}") from None
+        if not number.is_integer():
+            raise InputError(f"config key '{where}' must be a whole number, got {value!r}")
+        return int(number)
+    if base == "float":
+        if isinstance(value, bool):
+            raise InputError(f"config key '{where}' must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"config key '{where}' must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise InputError(f"config key '{where}' must be a finite number, got {value!r}")
+        return number
+    if base == "str":
+        if isinstance(value, (dict, list)):
+            raise InputError(f"config key '{where}' must be text, got {value!r}")
+        return str(value)
+    if base.startswith("tuple["):
+        inner = "float" if "float" in base else "str"
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"config key '{where}' must be a list, got {value!r}")
+        return tuple(_coerce(f"{where}[{i}]", item, inner) for i, item in enumerate(value))
+    raise AssertionError(f"unhandled annotation {annotation}")
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise InputError(f"config section '{where}' must be a mapping of keys, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise InputError(f"unknown config key '{dotted}': {suggest(str(key), list(fields))}")
+        section = _SECTIONS.get(key) if cls is Config else None
+        if section is not None:
+            values[key] = _build(section, value or {}, dotted)
+        else:
+            values[key] = _coerce(dotted, value, str(fields[key].type))
+    return cls(**values)
+
+
+def _nested_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _merge(base: dict, overrides: Mapping[str, Any]) -> dict:
+    """Apply dotted-key overrides ("train.lr": 1e-4) to a nested dict, leaving `base` untouched."""
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.rpartition(".")
+        if section:
+            merged.setdefault(section, {})
+            merged[section] = {**merged[section], key: value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _check(config: Config) -> Config:
+    """Validate choices and ranges; return the config with names normalised."""
+    network, train, save = config.network, config.train, config.save
+
+    def choice(where: str, value: str, valid: tuple[str, ...]) -> str:
+        normal = value.lower().replace("-", "_") if where.endswith(("optimizer", "lr_scheduler")) else value.lower()
+        lookup = {v.replace("-", "_") if where.endswith(("optimizer", "lr_scheduler")) else v: v for v in valid}
+        if normal not in lookup:
+            close = difflib.get_close_matches(normal, list(lookup), n=1, cutoff=0.5)
+            hint = f"did you mean '{lookup[close[0]]}'?" if close else "choose one of " + ", ".join(valid)
+            raise InputError(f"config key '{where}' has unknown value {value!r}: {hint}")
+        return lookup[normal]
+
+    def precision(where: str, value: str) -> str:
+        if value.lower() not in PRECISION_ALIASES:
+            raise InputError(f"config key '{where}' has unknown value {value!r}: choose fp32, fp16 or bf16")
+        return PRECISION_ALIASES[value.lower()]
+
+    def positive(where: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
+        if value < minimum or (strict and value == minimum):
+            relation = ">" if strict else ">="
+            raise InputError(f"config key '{where}' must be {relation} {minimum}, got {value}")
+
+    positive("network.rank", network.rank)
+    positive("network.alpha", network.alpha, strict=False)
+    positive("train.iterations", train.iterations)
+    positive("train.lr", train.lr)
+    positive("train.max_denoising_steps", train.max_denoising_steps, minimum=1)
+    positive("save.per_steps", save.per_steps)
+    if config.data.folders_per_step is not None:
+        positive("data.folders_per_step", config.data.folders_per_step)
+    if not save.name or any(ch in save.name for ch in "/\\"):
+        raise InputError(f"config key 'save.name' must be a plain file name, got {save.name!r}")
+    if config.pretrained_model.v2:
+        raise InputError("config key 'pretrained_model.v2' is true, but only SDXL models are supported; set it to false")
+    return dataclasses.replace(
+        config,
+        network=dataclasses.replace(
+            network,
+            type=choice("network.type", network.type, NETWORK_TYPES),
+            training_method=choice("network.training_method", network.training_method, TRAINING_METHODS),
+        ),
+        train=dataclasses.replace(
+            train,
+            precision=precision("train.precision", train.precision),
+            noise_scheduler=choice("train.noise_scheduler", train.noise_scheduler, NOISE_SCHEDULERS),
+            optimizer=choice("train.optimizer", train.optimizer, OPTIMIZERS),
+            lr_scheduler=choice("train.lr_scheduler", train.lr_scheduler, LR_SCHEDULERS),
+        ),
+        save=dataclasses.replace(save, precision=precision("save.precision", save.precision)),
+    )
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Parse a YAML file, turning a missing file or bad syntax into one InputError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} '{path}' does not exist; check the path")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{what} '{path}' is not valid YAML{line}; fix the syntax") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{what} '{path}' is not UTF-8 text; save it as UTF-8 YAML") from None
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults < YAML file at `path` (optional) < dotted-key `overrides`; validated.
+
+    A relative `prompts_file` in the YAML is resolved against the working directory first and, when
+    no such file exists there, against the config file's folder.
+    """
+    data: dict = {}
+    if path is not None:
+        loaded = read_yaml(path, "config file")
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise InputError(f"config file '{path}' must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+        prompts = data.get("prompts_file")
+        if isinstance(prompts, str) and not Path(prompts).is_absolute() and not Path(prompts).exists():
+            beside = Path(path).parent / prompts
+            if beside.exists():
+                data = {**data, "prompts_file": str(beside)}
+    merged = _merge(data, overrides or {})
+    return _check(_build(Config, merged, ""))
+
+
+def config_to_dict(config: Config) -> dict:
+    """Plain nested dict (tuples as lists) for YAML/JSON output."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(_nested_dict(config))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+def run_folder_name(config: Config) -> str:
+    """`{name}_alpha{alpha}_rank{rank}_{method}`, the folder a run writes into."""
+    return f"{config.save.name}_alpha{config.network.alpha}_rank{config.network.rank}_{config.network.training_method}"

@@ -1,0 +1,228 @@
+"""SDXL plumbing: load a model, encode prompts, build added conditioning, predict noise, denoise.
+
+This is the only module that calls `from_pretrained`/`from_single_file`. Every dimension (latent
+channels, VAE factor, time-embedding sizes, projection dims) is read from the model's configs, so
+the built-in tiny model and real SDXL run through exactly the same code. No slider logic here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    EulerAncestralDiscreteScheduler,
+    LMSDiscreteScheduler,
+    StableDiffusionXLPipeline,
+)
+
+from .config import BUILTIN_MODEL
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+# Schedulers whose latents live in sigma space (x0 + sigma * noise) and need 1/sqrt(sigma^2+1) before the UNet.
+SIGMA_SCHEDULERS = (EulerAncestralDiscreteScheduler, LMSDiscreteScheduler)
+
+
+def parse_device(value: str | int | None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1', or an integer GPU index as in the official scripts; None picks CUDA if present."""
+    if value is None or value == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = str(value).strip()
+    if text.isdigit():
+        text = f"cuda:{text}"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise InputError(f"--device {value!r} is not a device; use cpu, cuda, cuda:1 or a GPU index") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {value!r} asks for CUDA, but no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def resolve_model(name_or_path: str) -> str:
+    """The built-in model name becomes its local folder (built on first use); anything else is kept."""
+    if name_or_path == BUILTIN_MODEL:
+        from .tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model())
+    return name_or_path
+
+
+def load_pipeline(
+    name_or_path: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> StableDiffusionXLPipeline:
+    """An SDXL pipeline from a diffusers folder, a hub id, or one `.safetensors`/`.ckpt` file."""
+    source = resolve_model(name_or_path)
+    path = Path(source).expanduser()
+    looks_local = path.suffix.lower() in SINGLE_FILE_SUFFIXES or source.startswith((".", "/", "~")) or path.exists()
+    if looks_local and not path.exists():
+        raise InputError(f"base model '{source}' does not exist; give a diffusers folder, a .safetensors file or a hub id")
+    try:
+        if path.is_file():
+            if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+                raise InputError(f"base model file '{source}' must be .safetensors or .ckpt")
+            pipe = StableDiffusionXLPipeline.from_single_file(str(path), dtype=dtype)
+        elif path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise InputError(f"base model folder '{source}' has no model_index.json; give a diffusers SDXL folder")
+            pipe = StableDiffusionXLPipeline.from_pretrained(str(path), dtype=dtype)
+        else:
+            pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"could not load base model '{source}': {first}; check the name, path or network") from None
+    return pipe.to(device)
+
+
+def vae_factor(vae) -> int:
+    """Pixels per latent cell, from the VAE's number of resolution levels."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@dataclass
+class Conditioning:
+    """What the SDXL UNet is conditioned on, batched on the first axis."""
+
+    embeds: torch.Tensor  # (B, L, D1 + D2): both encoders' penultimate states, concatenated
+    pooled: torch.Tensor  # (B, P): encoder 2's projected pooled output
+    time_ids: torch.Tensor  # (B, 6): original size, crop top-left, target size
+
+    @staticmethod
+    def cat(items: Sequence["Conditioning"]) -> "Conditioning":
+        return Conditioning(
+            torch.cat([c.embeds for c in items]),
+            torch.cat([c.pooled for c in items]),
+            torch.cat([c.time_ids for c in items]),
+        )
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "Conditioning":
+        return Conditioning(self.embeds.to(device, dtype), self.pooled.to(device, dtype), self.time_ids.to(device, dtype))
+
+
+@torch.no_grad()
+def encode_prompts(
+    tokenizers: Sequence, text_encoders: Sequence, prompts: Sequence[str], clip_skip: int | None = None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{prompt: (embeds (L, D1+D2), pooled (P,))} for every distinct prompt, float32 on the CPU.
+
+    Uses the penultimate hidden state of each encoder (SDXL's convention; `clip_skip` goes further
+    back) and the projected pooled output of the second encoder.
+    """
+    unique = list(dict.fromkeys(prompts))
+    layer = -((clip_skip or 0) + 2)
+    states, pooled = [], None
+    for tokenizer, encoder in zip(tokenizers, text_encoders):
+        device = next(encoder.parameters()).device
+        ids = tokenizer(
+            unique,
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        output = encoder(ids, output_hidden_states=True)
+        states.append(output.hidden_states[layer].float().cpu())
+        if hasattr(output, "text_embeds"):
+            pooled = output.text_embeds.float().cpu()
+    if pooled is None:
+        raise InputError("the second text encoder has no projection; the base model is not SDXL-shaped")
+    embeds = torch.cat(states, dim=-1)
+    return {text: (embeds[i], pooled[i]) for i, text in enumerate(unique)}
+
+
+def time_ids(height: int, width: int, crop: tuple[int, int] = (0, 0), original: tuple[int, int] | None = None) -> torch.Tensor:
+    """SDXL's six added time ids (original size, crop top-left, target size), shape (6,)."""
+    original = original or (height, width)
+    return torch.tensor([original[0], original[1], crop[0], crop[1], height, width], dtype=torch.float32)
+
+
+def conditioning(
+    embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]], prompt: str, ids: torch.Tensor
+) -> Conditioning:
+    """Conditioning for one prompt repeated over the batch of time ids `ids` (B, 6)."""
+    embeds, pooled = embeddings[prompt]
+    batch = ids.shape[0]
+    return Conditioning(embeds.expand(batch, *embeds.shape), pooled.expand(batch, *pooled.shape), ids)
+
+
+def make_scheduler(name: str, v_pred: bool = False):
+    """The training noise scheduler: SD's betas (0.00085..0.012, scaled_linear), 1000 steps."""
+    kwargs = dict(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        prediction_type="v_prediction" if v_pred else "epsilon",
+    )
+    if name == "ddim":
+        return DDIMScheduler(clip_sample=False, **kwargs)
+    if name == "ddpm":
+        return DDPMScheduler(clip_sample=False, **kwargs)
+    if name == "lms":
+        return LMSDiscreteScheduler(**kwargs)
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler(**kwargs)
+    raise InputError(f"noise scheduler {name!r} is unknown; choose ddim, ddpm, lms or euler_a")
+
+
+def model_input(scheduler, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """Latents as the UNet expects them at `timestep`; stateless (does not touch the scheduler's step index)."""
+    if not isinstance(scheduler, SIGMA_SCHEDULERS):
+        return latents
+    alpha_bar = scheduler.alphas_cumprod[int(timestep)]
+    sigma_sq = (1 - alpha_bar) / alpha_bar
+    return latents / (sigma_sq + 1) ** 0.5
+
+
+def predict_noise(unet, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    """The UNet's prediction, in the UNet's dtype; latents (B, C, h, w) and cond are batched alike."""
+    dtype = unet.dtype
+    cond = cond.to(latents.device, dtype)
+    return unet(
+        latents.to(dtype),
+        timestep,
+        encoder_hidden_states=cond.embeds,
+        added_cond_kwargs={"text_embeds": cond.pooled, "time_ids": cond.time_ids},
+    ).sample
+
+
+@torch.no_grad()
+def denoise_to(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    steps: int,
+    total_steps: int,
+    cond: Conditioning,
+    uncond: Conditioning,
+    guidance_scale: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Run the first `steps` of a `total_steps` schedule from `latents` with classifier-free guidance.
+
+    Each step is one batched UNet call on (uncond, cond); the result is float32.
+    """
+    scheduler.set_timesteps(total_steps, device=latents.device)
+    both = Conditioning.cat([uncond, cond])
+    latents = latents.float()
+    for timestep in scheduler.timesteps[:steps]:
+        inputs = scheduler.scale_model_input(torch.cat([latents, latents]), timestep)
+        noise_uncond, noise_cond = predict_noise(unet, inputs, timestep, both).float().chunk(2)
+        guided = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+        latents = scheduler.step(guided, timestep, latents, generator=generator).prev_sample
+    return latents
+
+
+def training_timestep(scheduler, step: int, total_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The timestep at which step `step` of `total_steps` is trained: entry int(step*1000/total) of the 1000-step schedule."""
+    scheduler.set_timesteps(scheduler.config.num_train_timesteps, device=device)
+    return scheduler.timesteps[int(step * scheduler.config.num_train_timesteps / total_steps)]

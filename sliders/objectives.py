@@ -1,0 +1,224 @@
+"""The two slider objectives: what one training step asks the slider to predict.
+
+An objective's `step` returns a list of `Term`s (latents, timestep, conditioning, target and
+slider multiplier); the trainer runs the slider on each term and regresses it to the target. The
+text objective builds the guided noise-difference target of SPEC section 2; the image objective the
+paired-image, multi-scale target of SPEC section 3. No optimizer, checkpoint or progress bar here.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from .data import LatentSource, PairedFolders
+from .errors import InputError
+from .models import (
+    Conditioning,
+    conditioning,
+    denoise_to,
+    model_input,
+    predict_noise,
+    time_ids,
+    training_timestep,
+)
+from .network import SliderNetwork
+from .prompts import PromptEntry
+
+# The paper denoises the starting latents with the slider on at classifier-free guidance 3.
+DENOISE_GUIDANCE = 3.0
+
+
+@dataclass
+class Term:
+    """One slider prediction of a step and what it must match."""
+
+    latents: torch.Tensor  # (B, C, H/f, W/f), ready for the UNet
+    timestep: torch.Tensor
+    cond: Conditioning
+    target: torch.Tensor  # (B, C, H/f, W/f), float32
+    multiplier: float
+
+
+def guided_target(
+    neutral: torch.Tensor, positive: torch.Tensor, unconditional: torch.Tensor, sign: int, guidance: float
+) -> torch.Tensor:
+    """`n + s * eta * (p - u)`: move the neutral prediction along the concept direction."""
+    return neutral + sign * guidance * (positive - unconditional)
+
+
+def is_symmetric(scales: Sequence[float]) -> bool:
+    """Every scale `s` has its mirror `-s`: the official low/high pairing applies."""
+    present = set(scales)
+    return all(-s in present for s in scales)
+
+
+def choose_folders(scales: Sequence[float], rng: random.Random, folders_per_step: int | None = None) -> list[int]:
+    """Indices of the folders trained this step (SPEC section 3, step 1).
+
+    Symmetric sets: one magnitude uniformly, then the folder of `-|s|` and that of `+|s|`.
+    Otherwise every folder, or a random `folders_per_step` of them.
+    """
+    scales = list(scales)
+    if is_symmetric(scales):
+        magnitude = rng.choice(sorted({abs(s) for s in scales}))
+        return [scales.index(-magnitude), scales.index(magnitude)]
+    indices = list(range(len(scales)))
+    if folders_per_step is not None and folders_per_step < len(indices):
+        indices = sorted(rng.sample(indices, folders_per_step))
+    return indices
+
+
+def draw_step(rng: random.Random, total_steps: int) -> int:
+    """`k` uniform in 1 .. total_steps - 1."""
+    return rng.randint(1, total_steps - 1)
+
+
+def draw_size(entry: PromptEntry, rng: random.Random) -> tuple[int, int]:
+    """(height, width): the entry's resolution, or with `dynamic_resolution` a random multiple of 64
+    in [resolution/2, resolution], inclusive, for each side."""
+    if not entry.dynamic_resolution:
+        return entry.resolution, entry.resolution
+    low = -(-entry.resolution // 2 // 64) * 64
+    choices = list(range(max(low, 64), entry.resolution + 1, 64)) or [entry.resolution]
+    return rng.choice(choices), rng.choice(choices)
+
+
+def draw_time_ids(entry: PromptEntry, height: int, width: int, rng: random.Random) -> torch.Tensor:
+    """(B, 6) add_time_ids; `dynamic_crops` draws an original size up to twice the target and a crop in it."""
+    rows = []
+    for _ in range(entry.batch_size):
+        if entry.dynamic_crops:
+            original = (rng.randint(height, 2 * height), rng.randint(width, 2 * width))
+            crop = (rng.randint(0, original[0] - height), rng.randint(0, original[1] - width))
+            rows.append(time_ids(height, width, crop, original))
+        else:
+            rows.append(time_ids(height, width))
+    return torch.stack(rows)
+
+
+class TextObjective:
+    """Prompt-pair sliders: the guided noise-difference loss of the paper (SPEC section 2)."""
+
+    def __init__(
+        self,
+        entries: Sequence[PromptEntry],
+        embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+        unet,
+        scheduler,
+        network: SliderNetwork,
+        *,
+        max_denoising_steps: int,
+        factor: int,
+        device: torch.device,
+        bidirectional: bool = False,
+    ):
+        if max_denoising_steps < 2:
+            raise InputError("train.max_denoising_steps must be at least 2 for text sliders")
+        self.entries = list(entries)
+        self.embeddings = embeddings
+        self.unet = unet
+        self.scheduler = scheduler
+        self.network = network
+        self.total_steps = max_denoising_steps
+        self.factor = factor
+        self.channels = unet.config.in_channels
+        self.device = device
+        self.bidirectional = bidirectional
+
+    def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
+        entry = rng.choice(self.entries)
+        k = draw_step(rng, self.total_steps)
+        height, width = draw_size(entry, rng)
+        ids = draw_time_ids(entry, height, width, rng)
+        cond = {role: conditioning(self.embeddings, text, ids) for role, text in zip(
+            ("target", "positive", "unconditional", "neutral"), entry.roles())}
+        shape = (entry.batch_size, self.channels, height // self.factor, width // self.factor)
+        noise = torch.randn(shape, generator=generator).to(self.device)  # (B, C, H/f, W/f)
+        self.scheduler.set_timesteps(self.total_steps, device=self.device)
+        latents = noise * self.scheduler.init_noise_sigma
+        with self.network.scaled(1.0):
+            latents = denoise_to(
+                self.unet, self.scheduler, latents, k, self.total_steps,
+                cond["target"], cond["unconditional"], DENOISE_GUIDANCE, generator,
+            )
+        timestep = training_timestep(self.scheduler, k, self.total_steps, self.device)
+        inputs = model_input(self.scheduler, latents, timestep)
+        batch = entry.batch_size
+        with torch.no_grad(), self.network.scaled(0.0):
+            frozen = predict_noise(
+                self.unet,
+                inputs.repeat(3, 1, 1, 1),
+                timestep,
+                Conditioning.cat([cond["positive"], cond["neutral"], cond["unconditional"]]),
+            ).float()
+        positive, neutral, unconditional = frozen.split(batch)
+        target = guided_target(neutral, positive, unconditional, entry.sign, entry.guidance_scale)
+        terms = [Term(inputs, timestep, cond["target"], target, 1.0)]
+        if self.bidirectional:
+            mirrored = guided_target(neutral, positive, unconditional, -entry.sign, entry.guidance_scale)
+            terms.append(Term(inputs, timestep, cond["target"], mirrored, -1.0))
+        return terms
+
+
+class ImageObjective:
+    """Image-pair sliders: denoise each folder's image with the slider at that folder's scale (SPEC section 3)."""
+
+    def __init__(
+        self,
+        pairs: PairedFolders,
+        latents: LatentSource,
+        entry: PromptEntry,
+        embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+        scheduler,
+        *,
+        max_denoising_steps: int,
+        device: torch.device,
+        folders_per_step: int | None = None,
+    ):
+        if max_denoising_steps < 2:
+            raise InputError("train.max_denoising_steps must be at least 2 for image sliders")
+        v_pred = scheduler.config.prediction_type == "v_prediction"
+        if v_pred and not hasattr(scheduler, "get_velocity"):
+            raise InputError("v-prediction training needs train.noise_scheduler ddim or ddpm")
+        self.pairs = pairs
+        self.latents = latents
+        self.entry = entry
+        self.embeddings = embeddings
+        self.scheduler = scheduler
+        self.total_steps = max_denoising_steps
+        self.device = device
+        self.folders_per_step = folders_per_step
+        self.v_pred = v_pred
+
+    def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
+        chosen = choose_folders(self.pairs.scales, rng, self.folders_per_step)
+        stems = [rng.randrange(len(self.pairs.stems)) for _ in range(self.entry.batch_size)]
+        k = draw_step(rng, self.total_steps)
+        clean = {i: torch.cat([self.latents.get(i, s) for s in stems]).to(self.device) for i in chosen}
+        first = clean[chosen[0]]
+        noise = torch.randn(first.shape, generator=generator).to(self.device)  # shared by every chosen folder
+        self.scheduler.set_timesteps(self.total_steps, device=self.device)
+        noising = self.scheduler.timesteps[k].repeat(first.shape[0])
+        noisy = {i: self.scheduler.add_noise(clean[i], noise, noising) for i in chosen}
+        targets = {
+            i: self.scheduler.get_velocity(clean[i], noise, noising) if self.v_pred else noise for i in chosen
+        }
+        timestep = training_timestep(self.scheduler, k, self.total_steps, self.device)
+        resolution = self.entry.resolution
+        ids = time_ids(resolution, resolution).expand(len(stems), -1)  # (B, 6)
+        positive = conditioning(self.embeddings, self.entry.positive, ids)
+        neutral = conditioning(self.embeddings, self.entry.neutral, ids)
+        return [
+            Term(
+                model_input(self.scheduler, noisy[i], timestep),
+                timestep,
+                positive if self.pairs.scales[i] > 0 else neutral,
+                targets[i].float(),
+                self.pairs.scales[i],
+            )
+            for i in chosen
+        ]

@@ -1,0 +1,175 @@
+"""The built-in default model: a tiny SDXL-shaped pipeline with random weights, made locally.
+
+It has every part real SDXL has (two CLIP text encoders and tokenizers, a UNet with "text_time"
+added conditioning, a KL autoencoder, a scheduler) at a size that runs on a CPU in seconds, so the
+whole training and sampling loop can be shown and tested without downloads. It is saved as a
+diffusers folder and loaded back through the same function as real SDXL weights. It learns nothing
+meaningful: real sliders need real SDXL weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+logger = logging.getLogger(__name__)
+
+TINY_VERSION = "1"
+
+# Words the tiny tokenizer knows as whole tokens; anything else falls back to characters.
+DEFAULT_WORDS = (
+    "a photo of person man woman male female old young smiling smile face portrait detailed blurry "
+    "small large big tiny medium red green blue yellow circle square triangle shape picture image "
+    "high quality low dog cat car house tree with the and"
+).split()
+
+
+def cache_root() -> Path:
+    """Where built-in models live: $SLIDERS_HOME, else ~/.cache/sliders."""
+    return Path(os.environ.get("SLIDERS_HOME", Path.home() / ".cache" / "sliders"))
+
+
+def write_tokenizer(folder: Path, words: Iterable[str], model_max_length: int = 77) -> None:
+    """A CLIP BPE tokenizer whose vocabulary is the letters plus the given whole words.
+
+    Each word gets the merges that build it from its letters left to right, so it encodes as one
+    token; other text still encodes, letter by letter.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!'-")
+    vocab: dict[str, int] = {}
+
+    def add(token: str) -> None:
+        vocab.setdefault(token, len(vocab))
+
+    for token in ["<|startoftext|>", "<|endoftext|>"]:
+        add(token)
+    for letter in letters:
+        add(letter)
+        add(letter + "</w>")
+    merges: list[str] = []
+    for word in dict.fromkeys(w.lower() for w in words):
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        current = pieces[0]
+        for piece in pieces[1:]:
+            merge = f"{current} {piece}"
+            if merge not in merges:
+                merges.append(merge)
+            current = current + piece
+            add(current)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    config = {
+        "model_max_length": model_max_length,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}), encoding="utf-8"
+    )
+
+
+def build_tiny_pipeline(words: Iterable[str] = DEFAULT_WORDS, seed: int = 0, *, sample_size: int = 32):
+    """A StableDiffusionXLPipeline with tiny random weights, deterministic from `seed`."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_tokenizer(Path(folder), words)
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    vocab_size = len(tokenizer)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=8 * 6 + 32,
+        cross_attention_dim=64,
+        norm_num_groups=16,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=sample_size * 2,
+    )
+    text_config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=3,
+        vocab_size=vocab_size,
+        hidden_act="gelu",
+        projection_dim=32,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(text_config)
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+    )
+
+
+def ensure_tiny_model(root: Path | None = None) -> Path:
+    """The folder of the built-in tiny model, built on first use (atomically) and reused after."""
+    folder = (root or cache_root()) / f"tiny-sdxl-v{TINY_VERSION}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("building the built-in tiny SDXL-shaped model in %s", folder)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
+    try:
+        build_tiny_pipeline().save_pretrained(staging)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            # Another process finished first; its copy is identical.
+            if not (folder / "model_index.json").is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder

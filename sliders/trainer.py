@@ -1,0 +1,288 @@
+"""The one training loop that text and image sliders share.
+
+Setup (seed, models, prompt embeddings, network, optimizer, LR schedule), the loop (one objective
+step, slider predictions with backward inside the multiplier scope, optimizer and schedule steps,
+progress bar, logging) and checkpoints. What a step trains on comes from `objectives.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import Config, config_to_dict, run_folder_name, save_config
+from .data import LatentSource, PairedFolders
+from .errors import InputError
+from .models import DTYPES, encode_prompts, load_pipeline, make_scheduler, predict_noise, vae_factor
+from .network import SliderNetwork
+from .objectives import ImageObjective, TextObjective
+from .prompts import PromptEntry, distinct_prompts
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example, the loss is no longer finite)."""
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    last: Path
+    checkpoints: list[Path]
+    losses: list[float]
+
+
+def run_folder(config: Config) -> Path:
+    return Path(config.save.path) / run_folder_name(config)
+
+
+def check_output(config: Config, overwrite: bool) -> Path:
+    """Refuse to train over an earlier run's slider unless asked to; checked before any model loads."""
+    folder = run_folder(config)
+    last = folder / f"{config.save.name}_last.safetensors"
+    if last.exists() and not overwrite:
+        raise InputError(f"'{last}' already exists; choose another --name or --output_dir, or pass --overwrite")
+    return folder
+
+
+def parse_optimizer_args(text: str) -> dict:
+    """'weight_decay=0.01 betas=0.9,0.99 decouple=True' -> keyword arguments."""
+    kwargs = {}
+    for part in text.split():
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise InputError(f"train.optimizer_args entry {part!r} is not key=value; write e.g. 'weight_decay=0.01'")
+        kwargs[key] = _literal(value)
+    return kwargs
+
+
+def _literal(value: str):
+    if "," in value:
+        return tuple(_literal(v) for v in value.split(",") if v)
+    if value in ("True", "true"):
+        return True
+    if value in ("False", "false"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _optional(module: str, package: str, optimizer: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InputError(f"optimizer '{optimizer}' needs the package '{package}'; install it with: pip install {package}") from None
+
+
+def make_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float, args: str) -> torch.optim.Optimizer:
+    """Optimizer by config name; optional packages are imported only when chosen."""
+    kwargs = parse_optimizer_args(args)
+    builders: dict[str, Callable[[], torch.optim.Optimizer]] = {
+        "adam": lambda: torch.optim.Adam(params, lr=lr, **kwargs),
+        "adamw": lambda: torch.optim.AdamW(params, lr=lr, **kwargs),
+        "adamw8bit": lambda: _optional("bitsandbytes", "bitsandbytes", name).optim.AdamW8bit(params, lr=lr, **kwargs),
+        "adam8bit": lambda: _optional("bitsandbytes", "bitsandbytes", name).optim.Adam8bit(params, lr=lr, **kwargs),
+        "lion8bit": lambda: _optional("bitsandbytes", "bitsandbytes", name).optim.Lion8bit(params, lr=lr, **kwargs),
+        "lion": lambda: _optional("bitsandbytes", "bitsandbytes", name).optim.Lion(params, lr=lr, **kwargs),
+        "prodigy": lambda: _optional("prodigyopt", "prodigyopt", name).Prodigy(params, lr=lr, **kwargs),
+        "dadaptadam": lambda: _optional("dadaptation", "dadaptation", name).DAdaptAdam(params, lr=lr, **kwargs),
+        "dadaptlion": lambda: _optional("dadaptation", "dadaptation", name).DAdaptLion(params, lr=lr, **kwargs),
+    }
+    try:
+        return builders[name]()
+    except TypeError as error:
+        raise InputError(f"train.optimizer_args {args!r} do not fit optimizer '{name}': {error}") from None
+
+
+def make_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, iterations: int, lr: float):
+    """`constant`, `cosine` (to lr/100), `cosine_with_restarts`, `step`, `linear` (to lr/100)."""
+    sched = torch.optim.lr_scheduler
+    floor = lr / 100
+    if name == "constant":
+        return sched.LambdaLR(optimizer, lambda _: 1.0)
+    if name == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=iterations, eta_min=floor)
+    if name == "cosine_with_restarts":
+        return sched.CosineAnnealingWarmRestarts(optimizer, T_0=max(1, iterations // 4), eta_min=floor)
+    if name == "step":
+        return sched.StepLR(optimizer, step_size=max(1, iterations // 4), gamma=0.5)
+    if name == "linear":
+        return sched.LinearLR(optimizer, start_factor=1.0, end_factor=0.01, total_iters=iterations)
+    raise InputError(f"lr scheduler {name!r} is unknown")
+
+
+class _Loggers:
+    """Optional TensorBoard and Weights & Biases scalars; silent when neither is configured."""
+
+    def __init__(self, config: Config, folder: Path):
+        self.writer = None
+        self.wandb = None
+        if config.logging.tensorboard_dir:
+            tensorboard = _optional("torch.utils.tensorboard", "tensorboard", "logging.tensorboard_dir")
+            self.writer = tensorboard.SummaryWriter(config.logging.tensorboard_dir)
+        if config.logging.use_wandb:
+            self.wandb = _optional("wandb", "wandb", "logging.use_wandb")
+            self.wandb.init(project="sliders", name=config.save.name, config=config_to_dict(config), dir=str(folder))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+@dataclass
+class Setup:
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler: object
+    embeddings: dict
+    network: SliderNetwork
+
+
+def setup(config: Config, prompts: Sequence[str], device: torch.device, *, keep_vae: bool) -> Setup:
+    """Load the base model, embed every distinct prompt once, attach a fresh slider network."""
+    dtype = DTYPES[config.train.precision]
+    pipe = load_pipeline(config.pretrained_model.name_or_path, dtype=dtype, device="cpu")
+    encoders = [pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)]
+    embeddings = encode_prompts([pipe.tokenizer, pipe.tokenizer_2], encoders, prompts, config.pretrained_model.clip_skip)
+    for encoder in encoders:
+        encoder.to("cpu")  # the text encoders are not needed again: free the device
+    unet = pipe.unet.to(device).requires_grad_(False).eval()
+    vae = pipe.vae.requires_grad_(False).eval()
+    if keep_vae:
+        # The SDXL VAE overflows in fp16; encode in fp32 (a few images, once).
+        vae = vae.to(device, torch.float32)
+    torch.manual_seed(config.train.seed)
+    network = SliderNetwork.create(
+        unet,
+        network_type=config.network.type,
+        training_method=config.network.training_method,
+        rank=config.network.rank,
+        alpha=config.network.alpha,
+    ).attach()
+    scheduler = make_scheduler(config.train.noise_scheduler, config.pretrained_model.v_pred)
+    logger.info("slider on %d layers, %d parameters", len(network.loras), sum(p.numel() for p in network.parameters()))
+    return Setup(unet, vae, scheduler, embeddings, network)
+
+
+def slider_metadata(config: Config, resolution: int, prompts: object) -> dict[str, str]:
+    return {
+        "sliders_base_model": config.pretrained_model.name_or_path,
+        "sliders_resolution": str(resolution),
+        "sliders_config": json.dumps(config_to_dict(config)),
+        "sliders_prompts": json.dumps(prompts),
+        "ss_base_model_version": "sdxl_base_v1-0",
+        "ss_v2": "False",
+        "ss_network_module": "sliders.network",
+    }
+
+
+def train_loop(config: Config, parts: Setup, objective, folder: Path, metadata: dict[str, str]) -> RunResult:
+    """Run `train.iterations` steps of `objective`, saving checkpoints into `folder`."""
+    network, unet = parts.network, parts.unet
+    optimizer = make_optimizer(config.train.optimizer, network.trainable_parameters(), config.train.lr, config.train.optimizer_args)
+    lr_scheduler = make_lr_scheduler(config.train.lr_scheduler, optimizer, config.train.iterations, config.train.lr)
+    rng = random.Random(config.train.seed)
+    generator = torch.Generator().manual_seed(config.train.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config(config, folder / "config.yaml")
+    loggers = _Loggers(config, folder)
+    name, checkpoints, losses = config.save.name, [], []
+    bar = tqdm(range(1, config.train.iterations + 1), desc=name, disable=False)
+    try:
+        for step in bar:
+            loss = _train_step(unet, network, objective.step(rng, generator))
+            if not math.isfinite(loss):
+                raise TrainingError(f"the loss is {loss} at step {step}; lower train.lr or train in fp32/bf16")
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss)
+            lr = optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{loss:.5f}", lr=f"{lr:.2e}")
+            loggers.log(step, {"loss": loss, "lr": lr})
+            if step % config.save.per_steps == 0 and step < config.train.iterations:
+                path = folder / f"{name}_{step}steps.safetensors"
+                checkpoints.append(network.save(path, {**metadata, "sliders_step": str(step)}, config.save.precision))
+    finally:
+        loggers.close()
+    last = network.save(folder / f"{name}_last.safetensors", {**metadata, "sliders_step": str(config.train.iterations)}, config.save.precision)
+    return RunResult(folder, last, checkpoints, losses)
+
+
+def _train_step(unet, network: SliderNetwork, terms) -> float:
+    """Slider predictions for each term, MSE to its target, backward inside the multiplier scope."""
+    total = 0.0
+    for term in terms:
+        with network.scaled(term.multiplier):
+            prediction = predict_noise(unet, term.latents, term.timestep, term.cond).float()
+            loss = F.mse_loss(prediction, term.target)
+            loss.backward()
+        total += loss.item()
+    return total
+
+
+def train_text_slider(config: Config, entries: Sequence[PromptEntry], device: torch.device) -> RunResult:
+    """Train a slider from prompt entries (SPEC section 2)."""
+    parts = setup(config, distinct_prompts(entries), device, keep_vae=False)
+    objective = TextObjective(
+        entries,
+        parts.embeddings,
+        parts.unet,
+        parts.scheduler,
+        parts.network,
+        max_denoising_steps=config.train.max_denoising_steps,
+        factor=vae_factor(parts.vae),
+        device=device,
+        bidirectional=config.train.bidirectional,
+    )
+    metadata = slider_metadata(config, entries[0].resolution, [dataclasses.asdict(e) for e in entries])
+    return train_loop(config, parts, objective, run_folder(config), metadata)
+
+
+def train_image_slider(config: Config, pairs: PairedFolders, entry: PromptEntry, device: torch.device) -> RunResult:
+    """Train a slider from paired image folders (SPEC section 3)."""
+    parts = setup(config, [entry.positive, entry.neutral], device, keep_vae=True)
+    latents = LatentSource(
+        pairs, parts.vae, entry.resolution, cache=config.data.cache_latents, seed=config.train.seed, device=device
+    )
+    latents.prepare()
+    if config.data.cache_latents:
+        parts.vae.to("cpu")
+    objective = ImageObjective(
+        pairs,
+        latents,
+        entry,
+        parts.embeddings,
+        parts.scheduler,
+        max_denoising_steps=config.train.max_denoising_steps,
+        device=device,
+        folders_per_step=config.data.folders_per_step,
+    )
+    prompts = {"entry": dataclasses.asdict(entry), "folders": list(pairs.folders), "scales": list(pairs.scales)}
+    metadata = slider_metadata(config, entry.resolution, prompts)
+    return train_loop(config, parts, objective, run_folder(config), metadata)
