@@ -1,0 +1,257 @@
+"""Command-line entry points: `sliders-train`, `sliders-train-images`, `sliders-sample`.
+
+The only module that reads argv, prints, or exits. It turns flags into config overrides
+(defaults < YAML < flags), validates every input before a model loads, and turns an `InputError`
+into one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import warnings
+from typing import Callable, Sequence
+
+from .errors import InputError
+
+logger = logging.getLogger("sliders")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        sys.exit(2)
+
+
+def _common_training_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "--config_file", dest="config", help="YAML config (official keys load unchanged)")
+    parser.add_argument("--prompts_file", help="YAML list of prompt entries (overrides prompts_file in the config)")
+    parser.add_argument("--name", help="slider name (save.name)")
+    parser.add_argument("--rank", type=int, help="LoRA rank (network.rank)")
+    parser.add_argument("--alpha", type=float, help="LoRA alpha (network.alpha)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU index; default: cuda if available")
+    parser.add_argument("--iterations", type=int, help="training steps (train.iterations)")
+    parser.add_argument("--seed", type=int, help="random seed (train.seed)")
+    parser.add_argument("--pretrained_model", help="SDXL diffusers folder, hub id or single file")
+    parser.add_argument("--output_dir", help="where run folders go (save.path)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same name")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {
+        "prompts_file": args.prompts_file,
+        "save.name": args.name,
+        "network.rank": args.rank,
+        "network.alpha": args.alpha,
+        "train.iterations": args.iterations,
+        "train.seed": args.seed,
+        "pretrained_model.name_or_path": args.pretrained_model,
+        "save.path": args.output_dir,
+    }
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)
+    if not verbose:
+        # Third-party deprecation chatter is not the user's problem.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+
+
+def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    from .trainer import TrainingError
+
+    try:
+        return main(argv)
+    except InputError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    except TrainingError as error:
+        sys.stderr.write(f"training stopped: {error}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    """'0.67, 1,1.3' -> [0.67, 1.0, 1.3]; empty or non-numeric parts are an InputError."""
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            value = float(part)
+        except ValueError:
+            raise InputError(f"{what} has {part!r}, which is not a number; write numbers separated by commas") from None
+        if not math.isfinite(value):
+            raise InputError(f"{what} has {part!r}; every value must be finite")
+        values.append(value)
+    return values
+
+
+def parse_names(text: str, what: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise InputError(f"{what} is empty; give names separated by commas")
+    return names
+
+
+def _train(argv: Sequence[str] | None) -> int:
+    parser = _Parser(prog="sliders-train", description="Train a text slider from prompt pairs.")
+    _common_training_flags(parser)
+    parser.add_argument("--attributes", help="preservation attributes, e.g. 'male, female'")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    from .config import load_config
+    from .models import parse_device
+    from .prompts import expand_attributes, load_prompts, parse_attributes
+    from .trainer import check_output, train_text_slider
+
+    config = load_config(args.config, _overrides(args))
+    if not config.prompts_file:
+        raise InputError("no prompts file; pass --prompts_file or set prompts_file in the config")
+    entries = expand_attributes(load_prompts(config.prompts_file), parse_attributes(args.attributes))
+    device = parse_device(args.device)
+    check_output(config, args.overwrite)
+    result = train_text_slider(config, entries, device)
+    print(f"saved slider: {result.last}")
+    return 0
+
+
+def _train_images(argv: Sequence[str] | None) -> int:
+    parser = _Parser(prog="sliders-train-images", description="Train an image slider from paired image folders.")
+    _common_training_flags(parser)
+    parser.add_argument("--folder_main", help="folder holding the image sub-folders (default: current directory)")
+    parser.add_argument("--folders", help="sub-folders, comma separated, e.g. 'low,high'")
+    parser.add_argument("--scales", help="one scale per folder, e.g. '-1,1' or '0.67,1,1.3,2'")
+    parser.add_argument("--resolution", type=int, help="training resolution (default: the prompt entry's, else 512)")
+    parser.add_argument("--attributes", help="accepted for compatibility with the official script; image sliders ignore it")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    from .config import load_config
+    from .data import scan_pairs
+    from .models import parse_device
+    from .trainer import check_output, train_image_slider
+
+    overrides = _overrides(args)
+    overrides["data.folder_main"] = args.folder_main
+    if args.folders is not None:
+        overrides["data.folders"] = parse_names(args.folders, "--folders")
+    if args.scales is not None:
+        overrides["data.scales"] = parse_floats(args.scales, "--scales")
+    config = load_config(args.config, overrides)
+    if args.attributes:
+        logger.warning("--attributes has no effect on image sliders")
+    entry = _image_entry(config.prompts_file, args.resolution)
+    if not config.data.folders:
+        raise InputError("no image folders; pass --folders a,b (and --scales) or set data.folders in the config")
+    pairs = scan_pairs(config.data.folder_main, config.data.folders, config.data.scales)
+    device = parse_device(args.device)
+    check_output(config, args.overwrite)
+    result = train_image_slider(config, pairs, entry, device)
+    print(f"saved slider: {result.last}")
+    return 0
+
+
+def _image_entry(prompts_file: str | None, resolution: int | None):
+    """The one prompt entry of an image slider: from the prompts file, else empty prompts."""
+    import dataclasses
+
+    from .prompts import load_prompts, make_entry
+
+    raw: dict = {"target": ""}
+    if prompts_file:
+        entries = load_prompts(prompts_file)
+        if len(entries) != 1:
+            raise InputError(
+                f"prompts file '{prompts_file}' has {len(entries)} entries; an image slider takes exactly one"
+            )
+        raw = dataclasses.asdict(entries[0])
+    if resolution is not None:
+        raw["resolution"] = resolution
+    return make_entry(raw, "image slider prompt entry")
+
+
+def _sample(argv: Sequence[str] | None) -> int:
+    parser = _Parser(prog="sliders-sample", description="Images at several slider strengths from the same seed.")
+    parser.add_argument("--slider", action="append", required=True, metavar="PATH[:SCALES]",
+                        help="slider file, optionally with its own scales (repeat for several sliders)")
+    parser.add_argument("--scales", default="-2,0,2", help="scales for sliders without their own (default -2,0,2)")
+    parser.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
+    parser.add_argument("--negative_prompt", default="", help="negative prompt")
+    parser.add_argument("--seeds", default="0", help="seeds, comma separated (default 0)")
+    parser.add_argument("--start_noise", type=int, default=750, help="sliders are off while the timestep is above this")
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps")
+    parser.add_argument("--guidance_scale", type=float, default=5.0, help="classifier-free guidance")
+    parser.add_argument("--pretrained_model", help="base model (default: the one recorded in the slider)")
+    parser.add_argument("--resolution", type=int, help="image size (default: the slider's training resolution)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="model dtype")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU index")
+    parser.add_argument("--output", default="samples", help="output folder (default: samples)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    from .sampling import parse_scales, parse_slider_arg, run_sampling
+
+    seeds = []
+    for part in args.seeds.split(","):
+        try:
+            seeds.append(int(part.strip()))
+        except ValueError:
+            raise InputError(f"--seeds has {part.strip()!r}, which is not a whole number; write e.g. --seeds 0,1") from None
+    images, grid = run_sampling(
+        [parse_slider_arg(text) for text in args.slider],
+        parse_scales(args.scales),
+        args.prompt,
+        seeds,
+        output=args.output,
+        start_noise=args.start_noise,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        pretrained_model=args.pretrained_model,
+        device=args.device,
+        precision=args.precision,
+        resolution=args.resolution,
+        negative_prompt=args.negative_prompt,
+    )
+    print(f"wrote {len(images)} images and {grid}")
+    return 0
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_train, argv)
+
+
+def train_images_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_train_images, argv)
+
+
+def sample_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_sample, argv)
+
+
+def console_train() -> None:
+    sys.exit(train_main())
+
+
+def console_train_images() -> None:
+    sys.exit(train_images_main())
+
+
+def console_sample() -> None:
+    sys.exit(sample_main())

@@ -1,0 +1,45 @@
+"""Shared fixtures: the tiny SDXL-shaped model built once per session, offline, in a temporary home."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sliders_home(tmp_path_factory):
+    """Every test builds and reads built-in models under one temporary SLIDERS_HOME."""
+    home = tmp_path_factory.mktemp("sliders_home")
+    previous = os.environ.get("SLIDERS_HOME")
+    os.environ["SLIDERS_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("SLIDERS_HOME", None)
+    else:
+        os.environ["SLIDERS_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(sliders_home):
+    """The built-in tiny model's folder, built through the same function users get."""
+    from sliders.tiny import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model_dir):
+    """The tiny pipeline loaded through `load_pipeline`, as for real SDXL weights."""
+    from sliders.models import load_pipeline
+
+    return load_pipeline(str(tiny_model_dir))
+
+
+@pytest.fixture
+def unet(tiny_pipe):
+    """A fresh copy of the tiny UNet, so tests cannot leak hooks or weights into each other."""
+    import copy
+
+    return copy.deepcopy(tiny_pipe.unet)
