@@ -6,7 +6,9 @@ folder holds no model yet. Nothing in `sliders/` is changed: the objective's `st
 network's final `save` are wrapped to take a timestamp (after a CUDA synchronize), so the interval
 between two successive `step` calls is one whole iteration (objective, slider forward and backward,
 optimizer and LR-schedule steps, progress bar). Setup is timed separately; peak memory is reset
-after setup so the training peak is reported apart from the peak that includes setup.
+after setup so the training peak is reported apart from the peak that includes setup. The text
+objective's partial denoising is timed too (its k varies per iteration), and a third case, `unet`,
+times single UNet calls with and without the slider to show where an iteration's time goes.
 
 GPU:  python benchmarks/bench_train.py --model-dir /tmp/random-sdxl --out results.json
 CPU:  python benchmarks/bench_train.py --model-dir /tmp/bench_small --small --device cpu \
@@ -21,6 +23,7 @@ import gc
 import json
 import logging
 import math
+import os
 import platform
 import statistics
 import sys
@@ -42,12 +45,12 @@ from random_sdxl import build_random_sdxl  # noqa: E402
 from sliders import objectives, trainer  # noqa: E402
 from sliders.config import load_config  # noqa: E402
 from sliders.data import LatentSource, scan_pairs  # noqa: E402
-from sliders.models import parse_device, vae_factor  # noqa: E402
+from sliders.models import conditioning, parse_device, predict_noise, time_ids, vae_factor  # noqa: E402
 from sliders.objectives import ImageObjective, TextObjective  # noqa: E402
 from sliders.prompts import distinct_prompts, make_entry  # noqa: E402
 
 GIB = 1024**3
-CASES = ("text", "image")
+CASES = ("text", "image", "unet")
 TEXT_ENTRY = {
     "target": "person",
     "positive": "old person",
@@ -147,15 +150,9 @@ def prepare_image(config, args, device, work: Path):
     return parts, objective, metadata
 
 
-def _fit_linear(ks: list[int], seconds: list[float]) -> tuple[float, float] | None:
-    """Least-squares `seconds = fixed + per_step * k`, or None when k does not vary."""
-    if len(set(ks)) < 2:
-        return None
-    slope, intercept = np.polyfit(np.asarray(ks, float), np.asarray(seconds, float), 1)
-    return float(intercept), float(slope)
-
-
-def summarise(case: str, intervals: list[float], ks: list[int], warmup: int, max_steps: int) -> dict:
+def summarise(
+    case: str, intervals: list[float], ks: list[int], denoise: list[float], warmup: int, max_steps: int
+) -> dict:
     timed, timed_k = intervals[warmup:], ks[warmup:]
     summary = {
         "iterations_timed": len(timed),
@@ -166,16 +163,19 @@ def summarise(case: str, intervals: list[float], ks: list[int], warmup: int, max
         "s_per_it_all": intervals,
         "k_all": ks,
     }
-    if case == "text":
-        # Each text iteration denoises k (uniform in 1..max_steps-1) steps with CFG before training,
-        # so its time is roughly fixed + per_step * k; the long-run mean is at E[k] = max_steps / 2.
-        fit = _fit_linear(timed_k, timed) or _fit_linear(ks, intervals)
-        if fit is not None:
-            fixed, per_step = fit
+    if case == "text" and len(denoise) == len(ks):
+        # A text iteration first denoises k steps (k uniform in 1..max_steps-1, mean max_steps/2) with
+        # CFG, then trains; split each iteration into that denoising and the rest, so the long-run
+        # mean can be estimated from a few iterations whatever k they happened to draw.
+        timed_denoise = denoise[warmup:len(intervals)]
+        per_step = [d / k for d, k in zip(timed_denoise, timed_k)]
+        rest = [t - d for t, d in zip(timed, timed_denoise)]
+        if per_step:
             summary.update(
-                fit_fixed_s=fixed,
-                fit_per_denoising_step_s=per_step,
-                expected_s_per_it_at_mean_k=fixed + per_step * max_steps / 2,
+                denoise_s_all=denoise,
+                denoise_s_per_step_mean=statistics.fmean(per_step),
+                rest_s_per_it_mean=statistics.fmean(rest),
+                expected_s_per_it_at_mean_k=statistics.fmean(rest) + statistics.fmean(per_step) * max_steps / 2,
             )
     return summary
 
@@ -197,7 +197,20 @@ def run_case(case: str, args, device: torch.device, work: Path) -> dict:
         ks.append(k)
         return k
 
-    objectives.draw_step = recording_draw  # record k; the drawn value is unchanged
+    denoise_s: list[float] = []
+    original_denoise = objectives.denoise_to
+
+    def timed_denoise(*a, **kw):
+        _sync(device)
+        start = time.perf_counter()
+        latents = original_denoise(*a, **kw)
+        _sync(device)
+        denoise_s.append(time.perf_counter() - start)
+        return latents
+
+    # Record k and the time of the text objective's partial denoising; results are unchanged.
+    objectives.draw_step = recording_draw
+    objectives.denoise_to = timed_denoise
     parts = objective = None
     try:
         _sync(device)
@@ -234,7 +247,7 @@ def run_case(case: str, args, device: torch.device, work: Path) -> dict:
         run = trainer.train_loop(config, parts, objective, trainer.run_folder(config), metadata)
         train_memory = _memory(device)
         intervals = [b - a for a, b in zip(stamps, stamps[1:])]
-        result.update(summarise(case, intervals, ks, args.warmup, config.train.max_denoising_steps))
+        result.update(summarise(case, intervals, ks, denoise_s, args.warmup, config.train.max_denoising_steps))
         result["losses"] = run.losses
         if device.type == "cuda":
             result["train_peak_allocated_gib"] = train_memory["max_allocated_gib"]
@@ -251,13 +264,114 @@ def run_case(case: str, args, device: torch.device, work: Path) -> dict:
         print(result["traceback"], file=sys.stderr)
     finally:
         objectives.draw_step = original_draw
+        objectives.denoise_to = original_denoise
+        if objective is not None:
+            objective.__dict__.pop("step", None)  # drop the wrapper (and its reference cycle)
         if parts is not None:
+            parts.network.__dict__.pop("save", None)
             parts.network.detach()
         del parts, objective
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return result
+
+
+def _time_call(fn, device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return {
+        "ms_median": 1000 * statistics.median(times),
+        "ms_min": 1000 * min(times),
+        "ms_mean": 1000 * statistics.fmean(times),
+    }
+
+
+def run_unet_case(args, device: torch.device, work: Path) -> dict:
+    """Where the time of a slider iteration goes: single UNet calls with and without the slider.
+
+    The calls a text iteration makes are k x `denoise_b2_slider_on` + `frozen_b3_slider_off` +
+    `train_b1_fwd_bwd`; an image iteration makes two `train_b1_fwd_bwd` calls.
+    """
+    config = make_config(args, "unet", work / "save_unet")
+    result: dict = {"case": "unet"}
+    parts = None
+    gc.collect()
+    try:
+        parts = trainer.setup(config, [""], device, keep_vae=False)
+        unet, network = parts.unet, parts.network
+        side = args.resolution // vae_factor(parts.vae)
+        channels = unet.config.in_channels
+        generator = torch.Generator().manual_seed(0)
+        timestep = torch.tensor(500, device=device)
+
+        def inputs(batch):
+            latents = torch.randn((batch, channels, side, side), generator=generator).to(device)
+            ids = time_ids(args.resolution, args.resolution).expand(batch, -1)
+            return latents, conditioning(parts.embeddings, "", ids)
+
+        b1, b2, b3 = inputs(1), inputs(2), inputs(3)
+        target = torch.randn((1, channels, side, side), generator=generator).to(device)
+
+        def forward(batch, multiplier):
+            latents, cond = batch
+            with torch.no_grad(), network.scaled(multiplier):
+                predict_noise(unet, latents, timestep, cond)
+
+        def train_step():
+            latents, cond = b1
+            with network.scaled(1.0):
+                prediction = predict_noise(unet, latents, timestep, cond).float()
+                torch.nn.functional.mse_loss(prediction, target).backward()
+
+        warm, reps = (1, 2) if device.type == "cpu" else (3, 10)
+        timings = {}
+        network.detach()
+        timings["denoise_b2_no_slider"] = _time_call(lambda: forward(b2, 0.0), device, warm, reps)
+        network.attach()
+        timings["denoise_b2_slider_off"] = _time_call(lambda: forward(b2, 0.0), device, warm, reps)
+        timings["denoise_b2_slider_on"] = _time_call(lambda: forward(b2, 1.0), device, warm, reps)
+        timings["frozen_b3_slider_off"] = _time_call(lambda: forward(b3, 0.0), device, warm, reps)
+        timings["train_b1_fwd_bwd"] = _time_call(train_step, device, warm, reps)
+        if device.type == "cuda":
+            previous = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = True
+            try:
+                timings["denoise_b2_slider_on_cudnn_benchmark"] = _time_call(
+                    lambda: forward(b2, 1.0), device, warm, reps
+                )
+            finally:
+                torch.backends.cudnn.benchmark = previous
+        result["timings"] = timings
+    except Exception as error:
+        result["error"] = f"{type(error).__name__}: {error}"
+        result["traceback"] = traceback.format_exc()
+        print(result["traceback"], file=sys.stderr)
+    finally:
+        if parts is not None:
+            parts.network.detach()
+        del parts
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def environment(device: torch.device) -> dict:
@@ -272,6 +386,8 @@ def environment(device: torch.device) -> dict:
         "transformers": transformers.__version__,
         "device": str(device),
         "host": platform.node(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -303,6 +419,8 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, r in report["results"].items():
+        if case == "unet":
+            continue
         if "error" in r:
             lines.append(f"| {case} | error: {r['error'][:120]} |" + " |" * 11)
             continue
@@ -318,10 +436,17 @@ def markdown(report: dict) -> str:
     if "expected_s_per_it_at_mean_k" in text:
         lines += [
             "",
-            f"Text slider: one iteration ~ {text['fit_fixed_s']:.3f} s + {text['fit_per_denoising_step_s']:.3f} s "
-            f"per denoising step k (k uniform in 1..{settings['max_denoising_steps'] - 1}); "
-            f"expected mean over k: {text['expected_s_per_it_at_mean_k']:.3f} s/it.",
+            f"Text slider: an iteration is k denoising steps with CFG at {text['denoise_s_per_step_mean']:.3f} s each "
+            f"plus {text['rest_s_per_it_mean']:.3f} s (frozen predictions, slider forward/backward, optimizer); "
+            f"k is uniform in 1..{settings['max_denoising_steps'] - 1}, so the long-run mean is "
+            f"~{text['expected_s_per_it_at_mean_k']:.3f} s/it.",
         ]
+    unet = report["results"].get("unet", {})
+    if "timings" in unet:
+        lines += ["", "Single UNet calls (ms, median):", "", "| call | ms median | ms min |", "|---|---|---|"]
+        lines += [f"| {name} | {t['ms_median']:.1f} | {t['ms_min']:.1f} |" for name, t in unet["timings"].items()]
+    elif "error" in unet:
+        lines += ["", f"UNet calls: error {unet['error'][:200]}"]
     return "\n".join(lines)
 
 
@@ -335,14 +460,16 @@ def parse_args(argv=None):
     parser.add_argument("--precision", default="bf16", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-denoising-steps", type=int, default=50, help="train.max_denoising_steps (default 50)")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of: text,image")
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help="comma-separated subset of text,image,unet (unet: single UNet calls)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random model weights")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     args = parser.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = set(args.cases) - set(CASES)
     if unknown or not args.cases:
-        parser.error(f"--cases takes text and/or image, got {sorted(unknown)}")
+        parser.error(f"--cases takes a subset of {','.join(CASES)}, got {sorted(unknown)}")
     if args.iterations < 1 or args.warmup < 0:
         parser.error("--iterations must be >= 1 and --warmup >= 0")
     return args
@@ -380,8 +507,11 @@ def main(argv=None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="sliders-bench-") as work:
         for case in args.cases:
-            print(f"\n=== {case} slider ===", flush=True)
-            report["results"][case] = run_case(case, args, device, Path(work))
+            print(f"\n=== {'single UNet calls' if case == 'unet' else case + ' slider'} ===", flush=True)
+            if case == "unet":
+                report["results"][case] = run_unet_case(args, device, Path(work))
+            else:
+                report["results"][case] = run_case(case, args, device, Path(work))
             if args.out:  # write as we go, so a crash in a later case keeps earlier numbers
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")

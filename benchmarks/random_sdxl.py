@@ -177,7 +177,9 @@ def _text_config(fields: dict, tokenizer=None):
     return CLIPTextConfig(**fields, **special)
 
 
-def build_modules(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0, tokenizer=None):
+def build_modules(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0, tokenizer=None
+):
     """The four full-size networks (unet, vae, text_encoder, text_encoder_2), made on `device`.
 
     On the meta device nothing is allocated (for counting parameters). Elsewhere each module is

@@ -10,17 +10,34 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import warnings
 from typing import Callable, Sequence
 
-from .errors import InputError
+from .errors import InputError, TrainingError
 
 logger = logging.getLogger("sliders")
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line and exit code 2."""
+
+    # Flags whose values often start with '-' ("--scales -2,0,2"), which argparse would read as a flag.
+    NEGATIVE_VALUE_FLAGS = ("--scales",)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        argv = list(sys.argv[1:] if args is None else args)
+        joined = []
+        i = 0
+        while i < len(argv):
+            if argv[i] in self.NEGATIVE_VALUE_FLAGS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+                joined.append(f"{argv[i]}={argv[i + 1]}")
+                i += 2
+            else:
+                joined.append(argv[i])
+                i += 1
+        return super().parse_args(joined, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message}; see {self.prog} --help\n")
@@ -59,7 +76,9 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
     if not verbose:
-        # Third-party deprecation chatter is not the user's problem.
+        # Third-party import-time and deprecation chatter is not the user's problem.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=UserWarning)
         from diffusers.utils import logging as diffusers_logging
@@ -71,8 +90,6 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
-    from .trainer import TrainingError
-
     try:
         return main(argv)
     except InputError as error:

@@ -7,6 +7,7 @@ the built-in tiny model and real SDXL run through exactly the same code. No slid
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,13 +213,15 @@ def denoise_to(
     Each step is one batched UNet call on (uncond, cond); the result is float32.
     """
     scheduler.set_timesteps(total_steps, device=latents.device)
+    # Stochastic samplers (DDPM, Euler ancestral) draw from `generator`; deterministic ones take none.
+    extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     both = Conditioning.cat([uncond, cond])
     latents = latents.float()
     for timestep in scheduler.timesteps[:steps]:
         inputs = scheduler.scale_model_input(torch.cat([latents, latents]), timestep)
         noise_uncond, noise_cond = predict_noise(unet, inputs, timestep, both).float().chunk(2)
         guided = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-        latents = scheduler.step(guided, timestep, latents, generator=generator).prev_sample
+        latents = scheduler.step(guided, timestep, latents, **extra).prev_sample
     return latents
 
 

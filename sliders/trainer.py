@@ -23,17 +23,13 @@ from tqdm.auto import tqdm
 
 from .config import Config, config_to_dict, run_folder_name, save_config
 from .data import LatentSource, PairedFolders
-from .errors import InputError
+from .errors import InputError, TrainingError
 from .models import DTYPES, encode_prompts, load_pipeline, make_scheduler, predict_noise, vae_factor
 from .network import SliderNetwork
 from .objectives import ImageObjective, TextObjective
 from .prompts import PromptEntry, distinct_prompts
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (for example, the loss is no longer finite)."""
 
 
 @dataclass

@@ -1,0 +1,561 @@
+"""Sampling with sliders: images at several slider strengths from the same seed, and a labelled grid.
+
+Holds the parsing of slider/scale arguments, the generation loop (SPEC section 6) that switches the
+sliders on once the timestep falls to `start_noise`, the grid drawing and `run_sampling`, which
+validates everything, loads the base model once and writes PNGs atomically. It does not train,
+does not define the slider network (see `network`) and does not load models itself (see `models`).
+The switch goes through the pipeline's public `callback_on_step_end`; no diffusers class is patched.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from .config import PRECISION_ALIASES
+from .errors import InputError
+from .models import DTYPES, load_pipeline, parse_device, vae_factor
+from .network import SliderNetwork, load_slider, read_slider_file
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RESOLUTION = 1024
+MAX_TIMESTEP = 1000
+GRID_NAME = "grid.png"
+
+# Grid layout, in pixels. The row-label band has a fixed width so a grid's size depends only on
+# the image size, the number of cells and how many lines the column labels wrap to.
+LABEL_PAD = 4
+ROW_LABEL_WIDTH = 160
+PROMPT_LABEL_CHARS = 80
+
+
+@dataclass(frozen=True)
+class SliderSpec:
+    """One slider file to sample with, and its own scales (None: use the global scales)."""
+
+    path: Path
+    scales: tuple[float, ...] | None
+
+
+@dataclass
+class Sample:
+    """One generated image and what it was made from."""
+
+    prompt_index: int
+    prompt: str
+    seed: int
+    multipliers: tuple[float, ...]  # one per slider, in slider order
+    image: "Image.Image"
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument parsing and validation (no torch work, no model loads)
+# --------------------------------------------------------------------------------------------------
+
+
+def _finite_float(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise InputError(f"{what} has {value!r}, which is not a number; give numbers such as -2,0,2")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} has {value!r}, which is not a number; give numbers such as -2,0,2") from None
+    if not math.isfinite(number):
+        raise InputError(f"{what} has {value!r}, which is not finite; give finite numbers such as -2,0,2")
+    # -0.0 would otherwise be labelled and named "-0", a different file from "+0".
+    return number + 0.0
+
+
+def parse_scales(text: str, what: str = "--scales") -> tuple[float, ...]:
+    """'-2,0,2' -> (-2.0, 0.0, 2.0); an empty, non-numeric or non-finite entry is an InputError."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"{what} is empty; give comma-separated numbers such as -2,0,2")
+    parts = [part.strip() for part in text.split(",")]
+    if any(not part for part in parts):
+        raise InputError(f"{what} {text!r} has an empty entry; give comma-separated numbers such as -2,0,2")
+    return tuple(_finite_float(part, what) for part in parts)
+
+
+def parse_slider_arg(text: str) -> SliderSpec:
+    """'x.safetensors' or 'x.safetensors:-2,0,2' (the slider's own scales).
+
+    Only the last ':' can separate scales, and only when what follows it parses as scales, so
+    paths with colons (drive letters, odd folder names) still work.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("--slider is empty; give a slider file, optionally with scales: age.safetensors:-2,0,2")
+    text = text.strip()
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            scales = parse_scales(tail, f"scales of --slider {head}")
+        except InputError:
+            # A slider file followed by something that is not scales is a typo in the scales, not a
+            # file name with a colon; say so rather than "file does not exist".
+            if head.lower().endswith(".safetensors"):
+                raise
+        else:
+            return SliderSpec(Path(head), scales)
+    return SliderSpec(Path(text), None)
+
+
+def _check_scales(scales: Sequence[Any], what: str) -> tuple[float, ...]:
+    if isinstance(scales, str):
+        return parse_scales(scales, what)
+    values = tuple(_finite_float(value, what) for value in scales)
+    if not values:
+        raise InputError(f"{what} is empty; give at least one scale such as -2,0,2")
+    labels = [f"{value:+g}" for value in values]
+    if len(set(labels)) != len(labels):
+        raise InputError(f"{what} {', '.join(labels)} repeats a scale; give each scale once")
+    return values
+
+
+def _check_seeds(seeds: Sequence[Any]) -> tuple[int, ...]:
+    if isinstance(seeds, (str, int)) or not seeds:
+        raise InputError("no seeds given; pass at least one whole-number seed, e.g. --seeds 0,1")
+    checked = []
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, (int, str)):
+            raise InputError(f"seed {seed!r} is not a whole number; write e.g. --seeds 0,1")
+        try:
+            value = int(seed.strip()) if isinstance(seed, str) else int(seed)
+        except ValueError:
+            raise InputError(f"seed {seed!r} is not a whole number; write e.g. --seeds 0,1") from None
+        if not 0 <= value < 2**64:
+            raise InputError(f"seed {value} is out of range; use a whole number from 0 to 2**64-1")
+        checked.append(value)
+    if len(set(checked)) != len(checked):
+        raise InputError(f"seeds {checked} repeat a seed; give each seed once")
+    return tuple(checked)
+
+
+def _check_prompts(prompts: Sequence[Any]) -> tuple[str, ...]:
+    if isinstance(prompts, str) or not prompts:
+        raise InputError("no prompt given; pass at least one --prompt")
+    for prompt in prompts:
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt {prompt!r} is not text; pass prompts as text with --prompt")
+    return tuple(prompts)
+
+
+def _check_settings(steps: Any, start_noise: Any, guidance_scale: Any) -> tuple[int, float, float]:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"--steps must be a whole number >= 1, got {steps!r}")
+    if isinstance(start_noise, bool) or not isinstance(start_noise, (int, float)) or not math.isfinite(start_noise):
+        raise InputError(f"--start_noise must be a number from 0 to {MAX_TIMESTEP}, got {start_noise!r}")
+    if not 0 <= start_noise <= MAX_TIMESTEP:
+        raise InputError(f"--start_noise must be from 0 to {MAX_TIMESTEP}, got {start_noise!r}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+        raise InputError(f"--guidance_scale must be a number, got {guidance_scale!r}")
+    if not math.isfinite(guidance_scale):
+        raise InputError(f"--guidance_scale must be a finite number, got {guidance_scale!r}")
+    return steps, float(start_noise), float(guidance_scale)
+
+
+def _check_multiple(value: Any, multiple: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < multiple or value % multiple:
+        raise InputError(f"{what} {value!r} must be a positive multiple of {multiple}; pick e.g. 512 or 1024")
+
+
+def _check_size(height: Any, width: Any, factor: int, what: str = "image") -> None:
+    # SDXL pipelines need multiples of 8; the latent grid also needs whole VAE cells.
+    multiple = math.lcm(8, factor)
+    _check_multiple(height, multiple, f"{what} height")
+    _check_multiple(width, multiple, f"{what} width")
+
+
+def _metadata_resolution(metadata: dict[str, str], path: Path) -> int | None:
+    text = metadata.get("sliders_resolution")
+    if text is None:
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise InputError(
+            f"slider file '{path}' records resolution {text!r}, which is not a whole number; pass --resolution"
+        ) from None
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------------
+
+
+def initial_latents(seed: int, channels: int, height: int, width: int) -> torch.Tensor:
+    """The raw N(0, 1) starting latents (1, C, h, w) for a seed, always drawn on the CPU.
+
+    Drawing on the CPU makes a seed give the same image on any device; the pipeline multiplies by
+    the scheduler's `init_noise_sigma` itself.
+    """
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn((1, channels, height, width), generator=generator, dtype=torch.float32)
+
+
+def multipliers_at(timestep: float, scales: Sequence[float], start_noise: float) -> tuple[float, ...]:
+    """Each slider's multiplier at `timestep`: 0 while the timestep is above `start_noise`, else its scale.
+
+    Keeping the sliders off for the noisiest steps fixes the layout from the base model (SDEdit),
+    so the slider changes the concept and not the composition.
+    """
+    if float(timestep) > start_noise:
+        return tuple(0.0 for _ in scales)
+    return tuple(float(scale) for scale in scales)
+
+
+def _apply(sliders: Sequence[SliderNetwork], multipliers: Sequence[float]) -> None:
+    for slider, multiplier in zip(sliders, multipliers):
+        slider.multiplier = multiplier
+
+
+def _first_timestep(scheduler, steps: int) -> float:
+    # A copy, because set_timesteps resets the pipeline scheduler's step state.
+    schedule = copy.deepcopy(scheduler)
+    schedule.set_timesteps(steps)
+    return float(schedule.timesteps[0])
+
+
+def _switch_callback(sliders: Sequence[SliderNetwork], scales: Sequence[float], start_noise: float):
+    """A `callback_on_step_end` that sets the multipliers for the step after step i."""
+
+    def on_step_end(pipeline, i: int, t, callback_kwargs: dict) -> dict:
+        timesteps = pipeline.scheduler.timesteps
+        if i + 1 < len(timesteps):
+            _apply(sliders, multipliers_at(float(timesteps[i + 1]), scales, start_noise))
+        return callback_kwargs
+
+    return on_step_end
+
+
+def generate(
+    pipe,
+    sliders: Sequence[SliderNetwork],
+    scale_lists: Sequence[Sequence[float]],
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    start_noise: int = 750,
+    steps: int = 50,
+    guidance_scale: float = 5.0,
+    height: int,
+    width: int,
+    negative_prompt: str = "",
+) -> list[Sample]:
+    """One image per prompt x seed x combination of slider scales (cartesian product of `scale_lists`).
+
+    For a prompt and seed every combination starts from the same latents and scheduler noise, so
+    images differ only through the sliders. `sliders` must be attached to `pipe.unet`. Ordered by
+    prompt, then seed, then combination. Every slider's multiplier is 0 afterwards, also on error.
+    """
+    if len(sliders) != len(scale_lists):
+        raise ValueError(f"{len(sliders)} sliders but {len(scale_lists)} scale lists; give one list per slider")
+    for slider in sliders:
+        if not slider.attached:
+            raise ValueError("a slider passed to generate() is not attached to the UNet; call attach() first")
+    steps, start_noise_value, guidance = _check_settings(steps, start_noise, guidance_scale)
+    prompts = _check_prompts(prompts)
+    seeds = _check_seeds(seeds)
+    lists = [_check_scales(scales, f"scales of slider {n + 1}") for n, scales in enumerate(scale_lists)]
+    factor = vae_factor(pipe.vae)
+    _check_size(height, width, factor)
+
+    pipe.set_progress_bar_config(disable=True)
+    channels = pipe.unet.config.in_channels
+    first = _first_timestep(pipe.scheduler, steps)
+    combinations = list(itertools.product(*lists))
+    dtype = pipe.unet.dtype
+    # An empty negative prompt is passed as None: SDXL then uses zero embeddings
+    # (force_zeros_for_empty_prompt), as a plain pipeline call without one does.
+    negative = negative_prompt or None
+    samples: list[Sample] = []
+    try:
+        for prompt_index, prompt in enumerate(prompts):
+            for seed in seeds:
+                latents = initial_latents(seed, channels, height // factor, width // factor)
+                for scales in combinations:
+                    _apply(sliders, multipliers_at(first, scales, start_noise_value))
+                    logger.debug("prompt %d seed %d scales %s", prompt_index, seed, scales)
+                    result = pipe(
+                        prompt=prompt,
+                        negative_prompt=negative,
+                        num_inference_steps=steps,
+                        guidance_scale=guidance,
+                        # The pipeline moves latents to its execution device itself (which also
+                        # works with CPU offload); only the dtype must match the UNet's.
+                        latents=latents.clone().to(dtype=dtype),
+                        # Stochastic schedulers draw noise each step; a fresh generator per image
+                        # keeps that noise identical across scales too.
+                        generator=torch.Generator("cpu").manual_seed(seed),
+                        height=height,
+                        width=width,
+                        callback_on_step_end=_switch_callback(sliders, scales, start_noise_value),
+                        output_type="pil",
+                    )
+                    samples.append(Sample(prompt_index, prompt, seed, tuple(scales), result.images[0]))
+    finally:
+        _apply(sliders, [0.0] * len(sliders))
+    return samples
+
+
+# --------------------------------------------------------------------------------------------------
+# Labels, names and the grid
+# --------------------------------------------------------------------------------------------------
+
+
+def combination_label(slider_names: Sequence[str], multipliers: Sequence[float]) -> str:
+    """'age +2, smile -1' for a combination of scales ('no slider' when there are none)."""
+    if not slider_names:
+        return "no slider"
+    return ", ".join(f"{name} {value:+g}" for name, value in zip(slider_names, multipliers))
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_.") or "slider"
+
+
+def image_name(sample: Sample, slider_names: Sequence[str]) -> str:
+    """'p0_s42_age+2_smile-1.png': prompt index, seed, each slider's name and scale; filesystem-safe."""
+    parts = [f"p{sample.prompt_index}", f"s{sample.seed}"]
+    parts += [f"{_safe(name)}{value:+g}" for name, value in zip(slider_names, sample.multipliers)]
+    return "_".join(parts) + ".png"
+
+
+def _font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def _drawable(text: str, font) -> str:
+    from PIL import ImageFont
+
+    # The bitmap fallback font (Pillow without FreeType) only encodes Latin-1.
+    if isinstance(font, ImageFont.FreeTypeFont):
+        return text
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def _line_height(font) -> int:
+    return font.getbbox("Ag")[3] + 2
+
+
+def _wrap(text: str, width: int, font, draw) -> list[str]:
+    """Greedy word wrap to `width` pixels; words wider than a line are split by characters."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        if draw.textlength(candidate, font=font) <= width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        current = ""
+        for char in word:
+            if current and draw.textlength(current + char, font=font) > width:
+                lines.append(current)
+                current = ""
+            current += char
+    if current:
+        lines.append(current)
+    return lines or [""]
+
+
+def _row_label(prompt: str, seed: int, height: int, width: int, font, draw) -> list[str]:
+    line_height = _line_height(font)
+    available = max(1, (height - 2 * LABEL_PAD) // line_height)
+    short = prompt if len(prompt) <= PROMPT_LABEL_CHARS else prompt[: PROMPT_LABEL_CHARS - 3].rstrip() + "..."
+    lines = _wrap(_drawable(short, font), width, font, draw) if short.strip() else []
+    room = available - 1  # the last line is the seed
+    if len(lines) > room:
+        lines = lines[:room]
+        if lines:
+            lines[-1] = lines[-1].rstrip(".") + "..."
+    return lines + [f"seed {seed}"]
+
+
+def make_grid(samples: Sequence[Sample], slider_names: Sequence[str]) -> "Image.Image":
+    """The samples as a labelled grid: a column per scale combination, a row per prompt and seed.
+
+    A white band on top names each column's combination ('age +2, smile -1'); a white band of
+    ROW_LABEL_WIDTH pixels on the left gives each row's prompt (truncated) and seed. Columns and
+    rows follow the order in which they first appear in `samples`.
+    """
+    from PIL import Image, ImageDraw
+
+    if not samples:
+        raise ValueError("make_grid needs at least one sample")
+    rows = list(dict.fromkeys((s.prompt_index, s.seed) for s in samples))
+    columns = list(dict.fromkeys(s.multipliers for s in samples))
+    cell_width = max(s.image.width for s in samples)
+    cell_height = max(s.image.height for s in samples)
+    font = _font()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_height = _line_height(font)
+
+    column_lines = [
+        _wrap(_drawable(combination_label(slider_names, combo), font), cell_width - 2 * LABEL_PAD, font, measure)
+        for combo in columns
+    ]
+    band = 2 * LABEL_PAD + line_height * max(len(lines) for lines in column_lines)
+    grid = Image.new("RGB", (ROW_LABEL_WIDTH + cell_width * len(columns), band + cell_height * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, lines in enumerate(column_lines):
+        for k, line in enumerate(lines):
+            position = (ROW_LABEL_WIDTH + c * cell_width + LABEL_PAD, LABEL_PAD + k * line_height)
+            draw.text(position, line, fill="black", font=font)
+
+    prompts = {(s.prompt_index, s.seed): s.prompt for s in samples}
+    for r, key in enumerate(rows):
+        lines = _row_label(prompts[key], key[1], cell_height, ROW_LABEL_WIDTH - 2 * LABEL_PAD, font, measure)
+        for k, line in enumerate(lines):
+            draw.text((LABEL_PAD, band + r * cell_height + LABEL_PAD + k * line_height), line, fill="black", font=font)
+    for sample in samples:
+        r = rows.index((sample.prompt_index, sample.seed))
+        c = columns.index(sample.multipliers)
+        grid.paste(sample.image.convert("RGB"), (ROW_LABEL_WIDTH + c * cell_width, band + r * cell_height))
+    return grid
+
+
+def _write_png(image: "Image.Image", path: Path) -> Path:
+    """Save as PNG through a temporary file in the same folder, renamed into place."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format="PNG")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole run
+# --------------------------------------------------------------------------------------------------
+
+
+def _slider_names(paths: Sequence[Path]) -> list[str]:
+    """File stems, made distinct ('age', 'age_2') so labels and file names never collide."""
+    names: list[str] = []
+    for path in paths:
+        name, count = path.stem, 2
+        while name in names:
+            name, count = f"{path.stem}_{count}", count + 1
+        names.append(name)
+    return names
+
+
+def run_sampling(
+    specs: Sequence[SliderSpec],
+    scales: Sequence[float],
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    output: str | Path,
+    start_noise: int = 750,
+    steps: int = 50,
+    guidance_scale: float = 5.0,
+    pretrained_model: str | None = None,
+    device: str | None = None,
+    precision: str = "fp32",
+    resolution: int | None = None,
+    negative_prompt: str = "",
+) -> tuple[list[Path], Path]:
+    """Validate everything, load the base model once, sample and write the images and `grid.png`.
+
+    The base model and resolution default to those recorded in the first slider's metadata
+    (`sliders_base_model`, `sliders_resolution`; 1024 when none is recorded). Returns the image
+    paths (in generation order) and the grid's path.
+    """
+    # Everything the user gave is checked before any model is loaded.
+    if isinstance(specs, SliderSpec):
+        specs = [specs]
+    if not specs:
+        raise InputError("no slider given; pass at least one --slider file.safetensors")
+    metadatas = []
+    for spec in specs:
+        _, metadata = read_slider_file(spec.path)
+        metadatas.append(metadata)
+    global_scales: tuple[float, ...] | None = None
+    if any(spec.scales is None for spec in specs):
+        global_scales = _check_scales(scales if scales is not None else (), "--scales")
+    scale_lists = [
+        _check_scales(spec.scales, f"scales of --slider {spec.path}") if spec.scales is not None else global_scales
+        for spec in specs
+    ]
+    prompts = _check_prompts(prompts)
+    seeds = _check_seeds(seeds)
+    steps, start_noise_value, guidance = _check_settings(steps, start_noise, guidance_scale)
+    if not isinstance(negative_prompt, str):
+        raise InputError(f"--negative_prompt must be text, got {negative_prompt!r}")
+    if not isinstance(precision, str) or precision.lower() not in PRECISION_ALIASES:
+        raise InputError(f"--precision {precision!r} is unknown; choose fp32, fp16 or bf16")
+    dtype = DTYPES[PRECISION_ALIASES[precision.lower()]]
+    torch_device = parse_device(device)
+
+    first = specs[0].path
+    model = pretrained_model or metadatas[0].get("sliders_base_model")
+    if not model:
+        raise InputError(f"slider file '{first}' does not record its base model; pass --pretrained_model")
+    if pretrained_model is None:
+        for spec, metadata in zip(specs[1:], metadatas[1:]):
+            other = metadata.get("sliders_base_model")
+            if other and other != model:
+                logger.warning("slider '%s' was trained on %s, not %s; it may not fit", spec.path, other, model)
+    if resolution is None:
+        recorded = _metadata_resolution(metadatas[0], first)
+        resolution = DEFAULT_RESOLUTION if recorded is None else recorded
+        logger.info("resolution %d (from slider metadata or the default)", resolution)
+    _check_multiple(resolution, 8, "--resolution")
+
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output '{output}' exists and is not a folder; choose another --output")
+    names = _slider_names([spec.path for spec in specs])
+
+    logger.info("loading base model %s (%s on %s)", model, precision, torch_device)
+    pipe = load_pipeline(model, dtype, torch_device)
+    _check_multiple(resolution, math.lcm(8, vae_factor(pipe.vae)), "--resolution")
+    sliders: list[SliderNetwork] = []
+    try:
+        for spec in specs:
+            sliders.append(load_slider(spec.path, pipe.unet, attach=True))
+            logger.info("attached slider %s (%d layers)", spec.path, len(sliders[-1].loras))
+        samples = generate(
+            pipe,
+            sliders,
+            scale_lists,
+            prompts,
+            seeds,
+            start_noise=start_noise_value,
+            steps=steps,
+            guidance_scale=guidance,
+            height=resolution,
+            width=resolution,
+            negative_prompt=negative_prompt,
+        )
+    finally:
+        for slider in sliders:
+            slider.detach()
+
+    output.mkdir(parents=True, exist_ok=True)
+    paths = [_write_png(sample.image, output / image_name(sample, names)) for sample in samples]
+    grid_path = _write_png(make_grid(samples, names), output / GRID_NAME)
+    logger.info("wrote %d images and %s", len(paths), grid_path)
+    return paths, grid_path

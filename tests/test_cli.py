@@ -1,0 +1,232 @@
+"""End to end: every command and both official-flag shims on the tiny model; every bad input's error."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sliders.cli import sample_main, train_images_main, train_main
+from sliders.network import read_slider_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROMPTS = """
+- target: "circle"
+  positive: "large circle"
+  unconditional: "small circle"
+  action: enhance
+  guidance_scale: 2
+  resolution: 64
+  batch_size: 2
+"""
+
+CONFIG = """
+prompts_file: "{prompts}"
+pretrained_model:
+  name_or_path: "builtin:tiny-sdxl"
+network:
+  type: "c3lier"
+  rank: 2
+  alpha: 1.0
+  training_method: "noxattn"
+train:
+  precision: "fp32"
+  noise_scheduler: "ddim"
+  iterations: 2
+  lr: 0.001
+  optimizer: "AdamW"
+  lr_scheduler: "cosine"
+  max_denoising_steps: 6
+save:
+  name: "size"
+  path: "{out}"
+  per_steps: 1
+  precision: "fp32"
+"""
+
+
+@pytest.fixture
+def text_config(tmp_path):
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text(PROMPTS)
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(prompts=prompts, out=tmp_path / "models"))
+    return config
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    root = tmp_path / "pairs"
+    rng = np.random.default_rng(0)
+    for folder in ("low", "high", "higher"):
+        (root / folder).mkdir(parents=True)
+        for stem in ("x", "y"):
+            Image.fromarray(rng.integers(0, 255, (80, 64, 3), dtype=np.uint8)).save(root / folder / f"{stem}.png")
+    return root
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_train_writes_checkpoints_config_and_metadata(text_config, tmp_path, capsys):
+    assert train_main(["--config", str(text_config), "--attributes", "red, blue", "--device", "cpu", "--seed", "3"]) == 0
+    folder = tmp_path / "models" / "size_alpha1.0_rank2_noxattn"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "size_1steps.safetensors", "size_last.safetensors"]
+    assert "saved slider" in capsys.readouterr().out
+    tensors, metadata = read_slider_file(folder / "size_last.safetensors")
+    assert metadata["ss_network_dim"] == "2" and metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert metadata["sliders_base_model"] == "builtin:tiny-sdxl" and metadata["sliders_resolution"] == "64"
+    assert "red large circle" in metadata["sliders_prompts"]
+    # Training moved the slider away from zero (a fresh slider has every up weight at 0).
+    assert any(t.abs().sum() > 0 for k, t in tensors.items() if k.endswith("lora_up.weight"))
+
+
+def test_flags_override_yaml_and_official_config_file_alias(text_config, tmp_path):
+    out = tmp_path / "other"
+    code = train_main(["--config_file", str(text_config), "--name", "renamed", "--rank", "3", "--alpha", "2",
+                       "--iterations", "1", "--output_dir", str(out), "--device", "cpu"])
+    assert code == 0
+    _, metadata = read_slider_file(out / "renamed_alpha2.0_rank3_noxattn" / "renamed_last.safetensors")
+    assert metadata["ss_network_dim"] == "3" and metadata["ss_network_alpha"] == "2.0"
+
+
+def test_training_is_reproducible_from_the_seed(text_config, tmp_path):
+    results = []
+    for name in ("a", "b"):
+        assert train_main(["--config", str(text_config), "--name", name, "--seed", "7", "--device", "cpu"]) == 0
+        tensors, _ = read_slider_file(tmp_path / "models" / f"{name}_alpha1.0_rank2_noxattn" / f"{name}_last.safetensors")
+        results.append(tensors)
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+
+
+def test_existing_run_is_not_overwritten_without_the_flag(text_config, tmp_path, capsys):
+    assert train_main(["--config", str(text_config), "--iterations", "1", "--device", "cpu"]) == 0
+    last = tmp_path / "models" / "size_alpha1.0_rank2_noxattn" / "size_last.safetensors"
+    before = last.read_bytes()
+    capsys.readouterr()
+    assert train_main(["--config", str(text_config), "--iterations", "1", "--device", "cpu"]) == 2
+    assert "already exists" in _error_line(capsys) and last.read_bytes() == before
+
+
+def test_train_images_symmetric_and_multiscale(image_root, tmp_path):
+    out = tmp_path / "img"
+    common = ["--folder_main", str(image_root), "--iterations", "2", "--resolution", "64", "--device", "cpu",
+              "--output_dir", str(out), "--pretrained_model", "builtin:tiny-sdxl"]
+    assert train_images_main(common + ["--folders", "low,high", "--scales", "-1, 1", "--name", "sym"]) == 0
+    assert train_images_main(common + ["--folders", "low,high,higher", "--scales", "0.67,1,1.3", "--name", "multi"]) == 0
+    for name in ("sym", "multi"):
+        folder = out / f"{name}_alpha1.0_rank4_noxattn"
+        assert (folder / f"{name}_last.safetensors").is_file() and (folder / "config.yaml").is_file()
+    _, metadata = read_slider_file(out / "multi_alpha1.0_rank4_noxattn" / "multi_last.safetensors")
+    assert '"scales": [0.67, 1.0, 1.3]' in metadata["sliders_prompts"]
+
+
+def test_sample_after_train(text_config, tmp_path, capsys):
+    assert train_main(["--config", str(text_config), "--device", "cpu"]) == 0
+    slider = tmp_path / "models" / "size_alpha1.0_rank2_noxattn" / "size_last.safetensors"
+    out = tmp_path / "samples"
+    code = sample_main(["--slider", str(slider), "--scales", "-2,0,2", "--prompt", "circle", "--seeds", "0,1",
+                        "--steps", "3", "--output", str(out), "--device", "cpu"])
+    assert code == 0
+    assert len(list(out.glob("p0_*.png"))) == 6 and (out / "grid.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "{config}", "--rank", "zero"], "argument --rank: invalid int value"),
+        (["--config", "{missing}"], "does not exist"),
+        (["--config", "{config}", "--device", "cuda:7"], "no CUDA GPU" if not torch.cuda.is_available() else "device"),
+        (["--config", "{bad_key}"], "unknown config key 'train.learning_rate': did you mean"),
+        (["--config", "{config}", "--prompts_file", "{bad_prompts}"], "unknown key 'guidance': did you mean 'guidance_scale'"),
+        (["--config", "{config}", "--iterations", "0"], "train.iterations' must be > 0"),
+        (["--config", "{config}", "--no_such_flag"], "unrecognized arguments"),
+    ],
+)
+def test_train_bad_inputs_exit_2_with_one_line(args, message, text_config, tmp_path, capsys):
+    bad_key = tmp_path / "bad.yaml"
+    bad_key.write_text("train:\n  learning_rate: 1\n")
+    bad_prompts = tmp_path / "bad_prompts.yaml"
+    bad_prompts.write_text("- target: x\n  guidance: 4\n")
+    values = {"config": text_config, "missing": tmp_path / "nope.yaml", "bad_key": bad_key, "bad_prompts": bad_prompts}
+    assert _exit_code(train_main, [a.format(**values) for a in args]) == 2
+    line = _error_line(capsys)
+    assert message in line
+    assert not (tmp_path / "models").exists()  # nothing was written
+
+
+def _exit_code(main, argv):
+    """The exit code, whether the command returned it or argparse exited with it."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--folders", "low,high", "--scales", "-1"], "2 folders"),
+        (["--folders", "low,high", "--scales", "-1,0"], "0"),
+        (["--folders", "low,high", "--scales", "-1,abc"], "not a number"),
+        (["--folders", "low,nothere", "--scales", "-1,1"], "nothere"),
+        (["--folders", "low,high", "--scales", "-1,1", "--extra_image"], "unrecognized"),
+    ],
+)
+def test_train_images_bad_inputs(args, message, image_root, tmp_path, capsys):
+    argv = ["--folder_main", str(image_root), "--output_dir", str(tmp_path / "o"), "--device", "cpu"] + args
+    assert _exit_code(train_images_main, argv) == 2
+    assert message in _error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_images_missing_file_in_one_folder(image_root, tmp_path, capsys):
+    (image_root / "high" / "y.png").unlink()
+    argv = ["--folder_main", str(image_root), "--folders", "low,high", "--scales", "-1,1", "--device", "cpu",
+            "--output_dir", str(tmp_path / "o")]
+    assert train_images_main(argv) == 2
+    line = _error_line(capsys)
+    assert "'high'" in line and "'y'" in line
+
+
+def test_sample_bad_slider_files(tmp_path, capsys):
+    garbage = tmp_path / "bad.safetensors"
+    garbage.write_bytes(b"nope")
+    assert sample_main(["--slider", str(garbage), "--prompt", "x", "--output", str(tmp_path / "s")]) == 2
+    assert "not a readable safetensors" in _error_line(capsys)
+    assert sample_main(["--slider", str(tmp_path / "missing.safetensors"), "--prompt", "x"]) == 2
+    assert "does not exist" in _error_line(capsys)
+    assert not (tmp_path / "s").exists()
+
+
+def _run_script(script, args, cwd):
+    env = {**os.environ, "PYTHONPATH": ""}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_official_shims_accept_the_official_flags(text_config, image_root, tmp_path):
+    text = _run_script("trainscripts/textsliders/train_lora_xl.py",
+                       ["--config_file", str(text_config), "--alpha", "1", "--rank", "2", "--device", "cpu",
+                        "--name", "shim", "--attributes", "red, blue", "--prompts_file", str(tmp_path / "prompts.yaml")],
+                       tmp_path)
+    assert text.returncode == 0, text.stderr[-2000:]
+    assert (tmp_path / "models" / "shim_alpha1.0_rank2_noxattn" / "shim_last.safetensors").is_file()
+    image = _run_script("trainscripts/imagesliders/train_lora-scale-xl.py",
+                        ["--config_file", str(text_config), "--alpha", "1", "--rank", "2", "--device", "cpu",
+                         "--name", "ishim", "--folder_main", str(image_root), "--folders", "low, high",
+                         "--scales", "-1, 1", "--attributes", "red"],
+                        tmp_path)
+    assert image.returncode == 0, image.stderr[-2000:]
+    assert (tmp_path / "models" / "ishim_alpha1.0_rank2_noxattn" / "ishim_last.safetensors").is_file()
+    bad = _run_script("trainscripts/textsliders/train_lora_xl.py", ["--config_file", str(tmp_path / "none.yaml")],
+                      tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,158 @@
+"""Config and prompt files: official keys load, defaults fill in, bad keys are named with a fix."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from sliders.config import BUILTIN_MODEL, load_config, run_folder_name
+from sliders.errors import InputError
+from sliders.prompts import distinct_prompts, expand_attributes, load_prompts, make_entry, parse_attributes
+
+OFFICIAL_XL = """
+prompts_file: "trainscripts/textsliders/data/prompts-xl.yaml"
+pretrained_model:
+  name_or_path: "stabilityai/stable-diffusion-xl-base-1.0"
+  v2: false
+  v_pred: false
+network:
+  type: "c3lier"
+  rank: 4
+  alpha: 1.0
+  training_method: "noxattn"
+train:
+  precision: "bfloat16"
+  noise_scheduler: "ddim"
+  iterations: 1000
+  lr: 0.0002
+  optimizer: "AdamW"
+  lr_scheduler: "constant"
+  max_denoising_steps: 50
+save:
+  name: "temp"
+  path: "./models"
+  per_steps: 500
+  precision: "bfloat16"
+logging:
+  use_wandb: false
+  verbose: false
+other:
+  use_xformers: true
+"""
+
+
+def _write(tmp_path, text, name="config.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_official_config_loads_unchanged(tmp_path):
+    config = load_config(_write(tmp_path, OFFICIAL_XL))
+    assert config.pretrained_model.name_or_path == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert config.network == dataclasses.replace(config.network, type="c3lier", rank=4, alpha=1.0, training_method="noxattn")
+    assert config.train.precision == "bf16" and config.save.precision == "bf16"
+    assert config.train.optimizer == "adamw" and config.train.lr == 2e-4
+    assert config.train.max_denoising_steps == 50 and config.save.per_steps == 500
+    assert config.other.use_xformers is True
+    assert run_folder_name(config) == "temp_alpha1.0_rank4_noxattn"
+
+
+def test_missing_sections_take_defaults():
+    config = load_config(None)
+    assert config.pretrained_model.name_or_path == BUILTIN_MODEL
+    assert (config.network.type, config.network.rank, config.network.alpha) == ("c3lier", 4, 1.0)
+    assert config.train.noise_scheduler == "ddim" and config.train.iterations == 1000
+
+
+def test_unknown_keys_fail_with_a_suggestion(tmp_path):
+    with pytest.raises(InputError, match=r"unknown config key 'train.learning_rat'.*'lr'|did you mean"):
+        load_config(_write(tmp_path, "train:\n  iteration: 5\n"))
+    with pytest.raises(InputError, match=r"'train.iteration'.*did you mean 'iterations'"):
+        load_config(_write(tmp_path, "train:\n  iteration: 5\n"))
+    with pytest.raises(InputError, match=r"'netwrk'.*did you mean 'network'"):
+        load_config(_write(tmp_path, "netwrk:\n  rank: 5\n"))
+    with pytest.raises(InputError, match=r"'network.training_method'.*did you mean 'noxattn'"):
+        load_config(_write(tmp_path, "network:\n  training_method: noxatn\n"))
+
+
+def test_bad_values_are_named(tmp_path):
+    with pytest.raises(InputError, match="network.rank' must be a whole number"):
+        load_config(_write(tmp_path, "network:\n  rank: four\n"))
+    with pytest.raises(InputError, match="network.rank' must be > 0"):
+        load_config(None, {"network.rank": 0})
+    with pytest.raises(InputError, match="train.precision"):
+        load_config(None, {"train.precision": "fp8"})
+    with pytest.raises(InputError, match="not valid YAML at line"):
+        load_config(_write(tmp_path, "train: [\n  lr: 1\n"))
+    with pytest.raises(InputError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(InputError, match="only SDXL"):
+        load_config(None, {"pretrained_model.v2": True})
+
+
+def test_flags_beat_yaml_beat_defaults(tmp_path):
+    path = _write(tmp_path, "network:\n  rank: 8\n  alpha: 2\nsave:\n  name: from_yaml\n")
+    config = load_config(path, {"network.rank": 16, "save.name": None})
+    assert config.network.rank == 16  # flag beats YAML
+    assert config.network.alpha == 2.0  # YAML beats default
+    assert config.save.name == "from_yaml"  # an absent flag (None) changes nothing
+    assert config.train.lr == 2e-4  # default
+
+
+def test_prompts_file_beside_the_config_is_found(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "p.yaml").write_text("- target: x\n")
+    config = load_config(_write(tmp_path / "sub", "prompts_file: p.yaml\n"))
+    assert load_prompts(config.prompts_file)[0].target == "x"
+
+
+def test_prompt_defaults_are_filled():
+    entry = make_entry({"target": "person"})
+    assert entry.positive == "person" and entry.unconditional == "" and entry.neutral == ""
+    assert entry.action == "erase" and entry.sign == -1 and entry.guidance_scale == 1.0
+    assert (entry.resolution, entry.batch_size, entry.dynamic_resolution, entry.dynamic_crops) == (512, 1, False, False)
+    entry = make_entry({"target": "t", "unconditional": "u", "action": "enhance"})
+    assert entry.neutral == "u" and entry.sign == 1
+
+
+def test_official_guidance_typo_is_refused(tmp_path):
+    path = _write(tmp_path, "- target: person\n  guidance: 4\n", "prompts.yaml")
+    with pytest.raises(InputError, match=r"entry 1 has unknown key 'guidance': did you mean 'guidance_scale'"):
+        load_prompts(path)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"positive": "x"}, "has no 'target'"),
+        ({"target": "x", "action": "boost"}, "use 'enhance' or 'erase'"),
+        ({"target": "x", "batch_size": 0}, "use 1 or more"),
+        ({"target": "x", "resolution": 500}, "multiple of 8"),
+        ({"target": "x", "guidance_scale": "lots"}, "must be a number"),
+        ({"target": "x", "dynamic_crops": "yes"}, "true or false"),
+    ],
+)
+def test_bad_prompt_entries(raw, message):
+    with pytest.raises(InputError, match=message):
+        make_entry(raw)
+
+
+def test_empty_or_non_list_prompt_files(tmp_path):
+    with pytest.raises(InputError, match="non-empty YAML list"):
+        load_prompts(_write(tmp_path, "", "p.yaml"))
+    with pytest.raises(InputError, match="non-empty YAML list"):
+        load_prompts(_write(tmp_path, "just text", "p.yaml"))
+
+
+def test_attribute_expansion_prefixes_all_four_roles():
+    entries = [make_entry({"target": "person", "positive": "old person", "unconditional": "young person",
+                           "action": "enhance", "guidance_scale": 4})]
+    expanded = expand_attributes(entries, parse_attributes("male, female,  "))
+    assert len(expanded) == 2
+    male, female = expanded
+    assert male.roles() == ("male person", "male old person", "male young person", "male young person")
+    assert female.target == "female person" and female.guidance_scale == 4 and female.action == "enhance"
+    assert expand_attributes(entries, []) == entries
+    assert distinct_prompts(expanded) == ["male person", "male old person", "male young person", "female person",
+                                          "female old person", "female young person"]
