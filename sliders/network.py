@@ -25,6 +25,7 @@ from diffusers.models.upsampling import Upsample2D
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 
 from . import __version__
 from .config import NETWORK_TYPES, TRAINING_METHODS
@@ -68,14 +69,20 @@ class LoRAModule(nn.Module):
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lora_up(self.lora_down(x.to(self.lora_down.weight.dtype))) * self.scale
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        # Functional calls rather than the submodules' __call__: this runs for every adapted layer
+        # on every UNet call, and module-call overhead dominates a host-bound step.
+        down, up = self.lora_down, self.lora_up
+        if isinstance(down, nn.Conv2d):
+            return F.conv2d(F.conv2d(x, down.weight, None, down.stride, down.padding), up.weight)
+        return F.linear(F.linear(x, down.weight), up.weight)
 
     def hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         # At multiplier 0 the LoRA branch is skipped entirely: the output is the base model's, bit for bit.
         if self.multiplier == 0:
             return output
-        return output + (self.multiplier * self.delta(inputs[0])).to(output.dtype)
+        branch = self._branch(inputs[0].to(self.lora_down.weight.dtype))
+        return output + (branch * (self.multiplier * self.scale)).to(output.dtype)
 
 
 def _method_allows(method: str, block_name: str, layer: str) -> bool:
