@@ -18,7 +18,6 @@ CPU:  python benchmarks/bench_train.py --model-dir /tmp/bench_small --small --de
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import logging
@@ -44,10 +43,9 @@ from random_sdxl import build_random_sdxl  # noqa: E402
 
 from sliders import objectives, trainer  # noqa: E402
 from sliders.config import load_config  # noqa: E402
-from sliders.data import LatentSource, scan_pairs  # noqa: E402
+from sliders.data import scan_pairs  # noqa: E402
 from sliders.models import conditioning, parse_device, predict_noise, time_ids, vae_factor  # noqa: E402
-from sliders.objectives import ImageObjective, TextObjective  # noqa: E402
-from sliders.prompts import distinct_prompts, make_entry  # noqa: E402
+from sliders.prompts import make_entry  # noqa: E402
 
 GIB = 1024**3
 CASES = ("text", "image", "unet")
@@ -105,49 +103,17 @@ def make_config(args, case: str, save_root: Path):
 
 
 def prepare_text(config, args, device):
-    """Exactly what `trainer.train_text_slider` does before `train_loop`."""
+    """What `trainer.train_text_slider` runs before `train_loop`."""
     entries = [make_entry({**TEXT_ENTRY, "resolution": args.resolution})]
-    parts = trainer.setup(config, distinct_prompts(entries), device, keep_vae=False)
-    objective = TextObjective(
-        entries,
-        parts.embeddings,
-        parts.unet,
-        parts.scheduler,
-        parts.network,
-        max_denoising_steps=config.train.max_denoising_steps,
-        factor=vae_factor(parts.vae),
-        device=device,
-        bidirectional=config.train.bidirectional,
-    )
-    metadata = trainer.slider_metadata(config, entries[0].resolution, [dataclasses.asdict(e) for e in entries])
-    return parts, objective, metadata
+    return trainer.prepare_text(config, entries, device)
 
 
 def prepare_image(config, args, device, work: Path):
-    """Exactly what `trainer.train_image_slider` does before `train_loop`, on random-noise pairs."""
+    """What `trainer.train_image_slider` runs before `train_loop`, on random-noise pairs."""
     root = write_noise_pairs(work / "pairs", args.resolution)
     pairs = scan_pairs(root, ["low", "high"], [-1, 1])
     entry = make_entry({"target": "", "resolution": args.resolution})
-    parts = trainer.setup(config, [entry.positive, entry.neutral], device, keep_vae=True)
-    latents = LatentSource(
-        pairs, parts.vae, entry.resolution, cache=config.data.cache_latents, seed=config.train.seed, device=device
-    )
-    latents.prepare()
-    if config.data.cache_latents:
-        parts.vae.to("cpu")
-    objective = ImageObjective(
-        pairs,
-        latents,
-        entry,
-        parts.embeddings,
-        parts.scheduler,
-        max_denoising_steps=config.train.max_denoising_steps,
-        device=device,
-        folders_per_step=config.data.folders_per_step,
-    )
-    prompts = {"entry": dataclasses.asdict(entry), "folders": list(pairs.folders), "scales": list(pairs.scales)}
-    metadata = trainer.slider_metadata(config, entry.resolution, prompts)
-    return parts, objective, metadata
+    return trainer.prepare_image(config, pairs, entry, device)
 
 
 def summarise(

@@ -242,8 +242,8 @@ def _train_step(unet, network: SliderNetwork, terms) -> float:
     return total
 
 
-def train_text_slider(config: Config, entries: Sequence[PromptEntry], device: torch.device) -> RunResult:
-    """Train a slider from prompt entries (SPEC section 2)."""
+def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.device):
+    """Models, network, text objective and file metadata of a text slider: everything before the loop."""
     parts = setup(config, distinct_prompts(entries), device, keep_vae=False)
     objective = TextObjective(
         entries,
@@ -257,11 +257,11 @@ def train_text_slider(config: Config, entries: Sequence[PromptEntry], device: to
         bidirectional=config.train.bidirectional,
     )
     metadata = slider_metadata(config, entries[0].resolution, [dataclasses.asdict(e) for e in entries])
-    return train_loop(config, parts, objective, run_folder(config), metadata)
+    return parts, objective, metadata
 
 
-def train_image_slider(config: Config, pairs: PairedFolders, entry: PromptEntry, device: torch.device) -> RunResult:
-    """Train a slider from paired image folders (SPEC section 3)."""
+def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, device: torch.device):
+    """Models, network, cached latents, image objective and file metadata of an image slider."""
     parts = setup(config, [entry.positive, entry.neutral], device, keep_vae=True)
     latents = LatentSource(
         pairs, parts.vae, entry.resolution, cache=config.data.cache_latents, seed=config.train.seed, device=device
@@ -280,5 +280,16 @@ def train_image_slider(config: Config, pairs: PairedFolders, entry: PromptEntry,
         folders_per_step=config.data.folders_per_step,
     )
     prompts = {"entry": dataclasses.asdict(entry), "folders": list(pairs.folders), "scales": list(pairs.scales)}
-    metadata = slider_metadata(config, entry.resolution, prompts)
+    return parts, objective, slider_metadata(config, entry.resolution, prompts)
+
+
+def train_text_slider(config: Config, entries: Sequence[PromptEntry], device: torch.device) -> RunResult:
+    """Train a slider from prompt entries (SPEC section 2)."""
+    parts, objective, metadata = prepare_text(config, entries, device)
+    return train_loop(config, parts, objective, run_folder(config), metadata)
+
+
+def train_image_slider(config: Config, pairs: PairedFolders, entry: PromptEntry, device: torch.device) -> RunResult:
+    """Train a slider from paired image folders (SPEC section 3)."""
+    parts, objective, metadata = prepare_image(config, pairs, entry, device)
     return train_loop(config, parts, objective, run_folder(config), metadata)

@@ -3,7 +3,6 @@
 import dataclasses
 
 import pytest
-import yaml
 
 from sliders.config import BUILTIN_MODEL, load_config, run_folder_name
 from sliders.errors import InputError
