@@ -1,0 +1,78 @@
+"""Image-pair datasets of the shapes world, for image sliders.
+
+Each stem is one scene (shape, colour, position) drawn at a size that grows with the folder's
+slider scale: `size = base * GROWTH ** scale`. Two layouts: `symmetric` (folders `smaller` and
+`larger` at scales -1 and 1, the paper's low/high pairs) and `multiscale` (`base_one_minus`,
+`base_one`, `base_one_plus`, `base_k` at 0.67, 1, 1.3, 2). Only numpy and Pillow.
+
+    python -m sliders.shapes.datasets --out datasets/shapes-size --count 32 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .world import MARGIN_PX, PALETTE, SHAPES, Scene, render, shape_bounds
+
+GROWTH = 1.4
+LAYOUTS = {
+    "symmetric": (("smaller", -1.0), ("larger", 1.0)),
+    "multiscale": (("base_one_minus", 0.67), ("base_one", 1.0), ("base_one_plus", 1.3), ("base_k", 2.0)),
+}
+BASE_SIZE = (0.10, 0.14)  # the base radius, as a fraction of the resolution
+
+
+def scaled_scenes(rng: np.random.Generator, scales: Sequence[float], resolution: int = 64) -> list[Scene]:
+    """One random scene at each scale's size, same shape, colour and centre; all fully inside the image."""
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    colour = tuple(PALETTE)[int(rng.integers(len(PALETTE)))]
+    base = resolution * rng.uniform(*BASE_SIZE)
+    sizes = [base * GROWTH**scale for scale in scales]
+    # Place the centre so that the largest version still fits.
+    probe = Scene(shape, colour, max(sizes), resolution / 2, resolution / 2, resolution)
+    left, top, right, bottom = shape_bounds(probe)
+    half_w, half_h = resolution / 2 - left, resolution / 2 - top
+    reach_r, reach_b = right - resolution / 2, bottom - resolution / 2
+    cx = rng.uniform(MARGIN_PX + half_w, resolution - MARGIN_PX - reach_r)
+    cy = rng.uniform(MARGIN_PX + half_h, resolution - MARGIN_PX - reach_b)
+    return [dataclasses.replace(probe, size=size, cx=cx, cy=cy) for size in sizes]
+
+
+def write_size_pairs(root: str | Path, layout: str, count: int, seed: int = 0, resolution: int = 64) -> Path:
+    """Write `count` stems into one folder per scale of `layout` under `root/layout`; returns that folder."""
+    folders = LAYOUTS[layout]
+    out = Path(root) / layout
+    rng = np.random.default_rng(seed)
+    width = max(3, int(math.log10(max(count, 1))) + 1)
+    for name, _ in folders:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        scenes = scaled_scenes(rng, [scale for _, scale in folders], resolution)
+        for (name, _), scene in zip(folders, scenes):
+            render(scene).save(out / name / f"{index:0{width}d}.png")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the shapes-world size datasets for image sliders.")
+    parser.add_argument("--out", default="datasets/shapes-size", help="root folder")
+    parser.add_argument("--count", type=int, default=32, help="scenes per layout")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resolution", type=int, default=64)
+    args = parser.parse_args(argv)
+    for offset, layout in enumerate(LAYOUTS):
+        folder = write_size_pairs(args.out, layout, args.count, args.seed + offset, args.resolution)
+        names = ",".join(name for name, _ in LAYOUTS[layout])
+        scales = ",".join(f"{scale:g}" for _, scale in LAYOUTS[layout])
+        print(f"{folder}: --folders {names} --scales {scales}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
