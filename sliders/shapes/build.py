@@ -431,7 +431,8 @@ def train_unet(
     device = means.device
     unet.train()
     optimizer = _optimizer(unet.parameters(), lr, device)
-    ema = [p.detach().clone() for p in unet.parameters()]
+    params = list(unet.parameters())
+    ema = [p.detach().clone() for p in params]
     warmup = max(1, min(500, steps // 10))
     alpha_bar = alphas_cumprod(device)
     snr = alpha_bar / (1.0 - alpha_bar)
@@ -461,7 +462,8 @@ def train_unet(
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, total, lr, warmup)
         idx = torch.randint(len(pool), (batch_size,), generator=generator, device=device)
-        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=generator, device=device)) * scale
+        mu = means[idx]
+        latents = (mu + stds[idx] * torch.randn(mu.shape, generator=generator, device=device)) * scale
         caption = draw_captions(pool, idx, generator)
         t = torch.randint(TRAIN_TIMESTEPS, (batch_size,), generator=generator, device=device)
         noise = torch.randn(latents.shape, generator=generator, device=device)
@@ -482,11 +484,12 @@ def train_unet(
         # EMA with a warm-up so short runs are not dominated by the random init.
         decay = min(0.999, (1.0 + step) / (10.0 + step))
         with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in unet.parameters()], 1.0 - decay)
+            torch._foreach_lerp_(ema, params, 1.0 - decay)
         window += per_item.detach().mean()
         seen += 1
         step += 1
         if seen == log_every or step == total:
+            # The plain epsilon MSE (not min-SNR weighted), so runs with other weightings compare.
             mean = _finite(window.item() / seen, "UNet", step)
             history.append({"step": step, "loss": mean, "lr": optimizer.param_groups[0]["lr"]})
             logger.info("unet step %d/%d loss %.5f", step, total, mean)
@@ -571,13 +574,16 @@ def build_shapes_model(
     if save_dtype not in ("fp16", "fp32"):
         raise InputError(f"save_dtype must be fp16 or fp32, got {save_dtype!r}")
     out_dir = Path(out_dir).expanduser()
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output '{out_dir}' is a file; give a folder path for --out")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise InputError(f"output folder '{out_dir}' is not empty; pass --overwrite or pick a new one")
     device = parse_device(device)
     if device.type == "cuda":
         # Free speed on tensor cores; part of why CUDA builds are only best-effort deterministic.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest convolutions
         logger.info("building on %s; CUDA runs are deterministic only on a best-effort basis", torch.cuda.get_device_name(device))
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -683,6 +689,10 @@ def build_shapes_model(
             "final_vae_loss": vae_history[-1]["loss"],
             "final_unet_loss": unet_history[-1]["loss"],
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "ms_per_step": {
+                "vae": round(1e3 * timings["vae_s"] / vae_steps, 2),
+                "unet": round(1e3 * timings["unet_s"] / unet_run, 2),
+            },
             "versions": _versions(),
         }
         (staging / "BUILD.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
