@@ -1,4 +1,4 @@
-"""Command-line entry points: `sliders-train`, `sliders-train-images`, `sliders-sample`.
+"""Command-line entry points: `sliders-train`, `sliders-train-images`, `sliders-sample`, `sliders-eval`.
 
 The only module that reads argv, prints, or exits. It turns flags into config overrides
 (defaults < YAML < flags), validates every input before a model loads, and turns an `InputError`
@@ -250,6 +250,62 @@ def _sample(argv: Sequence[str] | None) -> int:
     return 0
 
 
+def _eval(argv: Sequence[str] | None) -> int:
+    parser = _Parser(prog="sliders-eval", description="Measure sliders: attribute per scale, preservation, baseline.")
+    parser.add_argument("--slider", action="append", required=True, metavar="PATH[:SCALES]",
+                        help="slider file, optionally with its own scales (repeat for several sliders)")
+    parser.add_argument("--scales", default="-2,-1,0,1,2", help="scales for sliders without their own")
+    parser.add_argument("--prompt", action="append", help="prompt (repeatable)")
+    parser.add_argument("--prompts_file", help="text file, one prompt per line")
+    parser.add_argument("--seeds", default="0-7", help="seeds: ranges and lists, e.g. 0-31 or 0,5,9")
+    parser.add_argument("--measurer", default="shapes", help="how attributes are read from images (default shapes)")
+    parser.add_argument("--target", default="size", help="the attribute the slider should move (default size)")
+    parser.add_argument("--baseline_replace", action="append", metavar="OLD=NEW",
+                        help="prompt-editing baseline: replace OLD by NEW in each prompt (repeatable)")
+    parser.add_argument("--start_noise", type=int, default=750, help="sliders are off while the timestep is above this")
+    parser.add_argument("--steps", type=int, default=25, help="denoising steps")
+    parser.add_argument("--guidance_scale", type=float, default=5.0, help="classifier-free guidance")
+    parser.add_argument("--negative_prompt", default="", help="negative prompt")
+    parser.add_argument("--pretrained_model", help="base model (default: the one recorded in the slider)")
+    parser.add_argument("--resolution", type=int, help="image size (default: the slider's training resolution)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="model dtype")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU index")
+    parser.add_argument("--output", default="evaluation", help="output folder (default: evaluation)")
+    parser.add_argument("--save_images", action="store_true", help="also write every image and grids")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    from .evaluation import read_prompt_lines, run_evaluation
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        prompts += read_prompt_lines(args.prompts_file)
+    if not prompts:
+        raise InputError("no prompts; pass --prompt TEXT (repeatable) or --prompts_file FILE")
+    paths = run_evaluation(
+        args.slider,
+        args.scales,
+        prompts,
+        args.seeds,
+        output=args.output,
+        measurer=args.measurer,
+        target=args.target,
+        baseline_replace=args.baseline_replace,
+        start_noise=args.start_noise,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        pretrained_model=args.pretrained_model,
+        device=args.device,
+        precision=args.precision,
+        resolution=args.resolution,
+        negative_prompt=args.negative_prompt,
+        images=args.save_images,
+    )
+    print(f"wrote {paths['markdown']}, {paths['json']} and {paths['plot']}")
+    return 0
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     return _run(_train, argv)
 
@@ -262,6 +318,10 @@ def sample_main(argv: Sequence[str] | None = None) -> int:
     return _run(_sample, argv)
 
 
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_eval, argv)
+
+
 def console_train() -> None:
     sys.exit(train_main())
 
@@ -272,3 +332,7 @@ def console_train_images() -> None:
 
 def console_sample() -> None:
     sys.exit(sample_main())
+
+
+def console_eval() -> None:
+    sys.exit(eval_main())

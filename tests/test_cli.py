@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sliders.cli import sample_main, train_images_main, train_main
+from sliders.cli import eval_main, sample_main, train_images_main, train_main
 from sliders.network import read_slider_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +137,15 @@ def test_sample_after_train(text_config, tmp_path, capsys):
                         "--steps", "3", "--output", str(out), "--device", "cpu"])
     assert code == 0
     assert len(list(out.glob("p0_*.png"))) == 6 and (out / "grid.png").is_file()
+    report = tmp_path / "eval"
+    code = eval_main(["--slider", str(slider), "--scales=-1,0,1", "--prompt", "circle", "--seeds", "0-1",
+                      "--steps", "2", "--baseline_replace", "circle=large circle", "--output", str(report),
+                      "--device", "cpu"])
+    assert code == 0
+    assert sorted(p.name for p in report.iterdir()) == ["plot.png", "report.json", "report.md"]
+    capsys.readouterr()
+    assert eval_main(["--slider", str(slider), "--prompt", "circle", "--target", "colour"]) == 2
+    assert "colour" in _error_line(capsys)
 
 
 @pytest.mark.parametrize(
