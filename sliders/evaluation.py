@@ -109,12 +109,13 @@ class ShapesMeasurer(Measurer):
     """
 
     name = "shapes"
-    numeric = ("size", "area", "cx", "cy")
+    numeric = ("size", "area", "cx", "cy", "fill_ratio")
     categorical = ("colour", "shape")
 
     def __call__(self, image: "Image.Image") -> dict[str, float | str]:
         m = measure(image)
-        return {"size": m.size, "area": m.area, "cx": m.cx, "cy": m.cy, "colour": m.colour, "shape": m.shape}
+        return {"size": m.size, "area": m.area, "cx": m.cx, "cy": m.cy, "fill_ratio": m.fill_ratio,
+                "colour": m.colour, "shape": m.shape}
 
     def structure(self, image_a: "Image.Image", image_b: "Image.Image") -> dict[str, float]:
         # Outside the union of both shapes, so a shape that only grows or shrinks counts as no change.

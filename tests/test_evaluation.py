@@ -282,7 +282,7 @@ def test_evaluate_end_to_end_and_write_report(tiny_pipe, attached_slider, tmp_pa
     assert len(rows) == 2 * 2 * 3 + 2 * 2
     assert sum(r["kind"] == "baseline" for r in rows) == 4
     for row in rows:
-        assert set(row["values"]) == {"size", "area", "cx", "cy", "colour", "shape"}
+        assert set(row["values"]) == {"size", "area", "cx", "cy", "fill_ratio", "colour", "shape"}
         assert set(row["structure"]) == {"centroid_shift", "outside_change"}
     # Each reference compared with itself: no structure change.
     for row in rows:
