@@ -18,7 +18,8 @@ import yaml
 
 from .errors import InputError
 
-BUILTIN_MODEL = "builtin:tiny-sdxl"
+BUILTIN_MODEL = "builtin:shapes"  # the default: the shapes-world model shipped in sliders/assets
+TINY_MODEL = "builtin:tiny-sdxl"  # random weights, built on first use: for tests
 
 NETWORK_TYPES = ("lierla", "c3lier")
 TRAINING_METHODS = (

@@ -22,7 +22,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from .config import BUILTIN_MODEL
+from .config import BUILTIN_MODEL, TINY_MODEL
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -49,9 +49,18 @@ def parse_device(value: str | int | None) -> torch.device:
     return device
 
 
+SHAPES_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shapes-sdxl"
+
+
 def resolve_model(name_or_path: str) -> str:
-    """The built-in model name becomes its local folder (built on first use); anything else is kept."""
+    """Built-in model names become local folders; anything else is kept.
+
+    `builtin:shapes` is the shapes-world model shipped with the package; `builtin:tiny-sdxl` is a
+    random tiny model built on first use.
+    """
     if name_or_path == BUILTIN_MODEL:
+        return str(SHAPES_MODEL_DIR)
+    if name_or_path == TINY_MODEL:
         from .tiny import ensure_tiny_model
 
         return str(ensure_tiny_model())

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from sliders import evaluation
-from sliders.config import BUILTIN_MODEL
+from sliders.config import TINY_MODEL
 from sliders.errors import InputError
 from sliders.evaluation import (
     MEASURERS,
@@ -41,7 +41,7 @@ from sliders.sampling import Sample, SliderSpec
 from sliders.shapes.world import Scene, render
 
 SIZE = 64
-META = {"sliders_base_model": BUILTIN_MODEL, "sliders_resolution": str(SIZE)}
+META = {"sliders_base_model": TINY_MODEL, "sliders_resolution": str(SIZE)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -405,7 +405,7 @@ def test_run_evaluation_end_to_end(tiny_pipe, slider_file, tmp_path, monkeypatch
         [f"{slider_file}:-1,1"], None, ["a medium red circle"], "0", output=tmp_path / "out",
         baseline_replace=["medium=large"], start_noise=1000, steps=2, device="cpu", images=True,
     )
-    assert loads == [BUILTIN_MODEL]
+    assert loads == [TINY_MODEL]
     # The sliders were detached again: the shared UNet has no hooks left.
     assert not any(module._forward_hooks for module in tiny_pipe.unet.modules())
     assert set(paths) == {"json", "markdown", "plot", "images", "grid", "baseline_grid"}
@@ -413,7 +413,7 @@ def test_run_evaluation_end_to_end(tiny_pipe, slider_file, tmp_path, monkeypatch
     settings = report["settings"]
     assert settings["reference"].startswith("generated separately")
     assert settings["baseline_prompts"] == ["a large red circle"]
-    assert settings["base_model"] == BUILTIN_MODEL and settings["resolution"] == SIZE
+    assert settings["base_model"] == TINY_MODEL and settings["resolution"] == SIZE
     assert settings["sliders"][0]["name"] == "grow" and settings["sliders"][0]["path"] == str(slider_file)
     # The separately generated reference shows as its own combination between -1 and +1.
     assert [c["multipliers"] for c in report["combinations"]] == [[-1.0], [0.0], [1.0]]

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from sliders import sampling
-from sliders.config import BUILTIN_MODEL
+from sliders.config import TINY_MODEL
 from sliders.errors import InputError
 from sliders.models import load_pipeline
 from sliders.network import SliderNetwork, load_slider
@@ -36,7 +36,7 @@ from sliders.sampling import (
 
 SIZE = 64
 PROMPT = "a photo of a person"
-META = {"sliders_base_model": BUILTIN_MODEL, "sliders_resolution": str(SIZE)}
+META = {"sliders_base_model": TINY_MODEL, "sliders_resolution": str(SIZE)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -63,7 +63,7 @@ def home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(home):
-    pipeline = load_pipeline(BUILTIN_MODEL)
+    pipeline = load_pipeline(TINY_MODEL)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Every figure of EVALUATION.md: train the shapes-world sliders and measure them with sliders-eval.
+# Writes output/models/... and output/eval/<experiment>/report.{md,json} and plot.png.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup.sh"
+cd "$ROOT"
+M=output/models
+EVAL=(--prompts_file configs/shapes/eval-prompts.txt --seeds 0-3 --steps 25 --guidance_scale 5)
+colours='red, green, blue, yellow'
+
+train_text() {  # name config [flags...]
+    local name=$1 config=$2; shift 2
+    [ -f "$M/${name}_alpha1.0_rank4_noxattn/${name}_last.safetensors" ] ||
+        sliders-train --config "$config" --name "$name" --overwrite "$@"
+}
+train_images() {  # name folder_main folders scales
+    [ -f "$M/$1_alpha1.0_rank4_noxattn/$1_last.safetensors" ] ||
+        sliders-train-images --config configs/shapes/image-size.yaml --name "$1" --folder_main "$2" \
+            --folders "$3" --scales="$4" --resolution 64 --overwrite
+}
+slider() { echo "$M/$1_alpha1.0_rank4_noxattn/$1_last.safetensors"; }
+
+experiment=${1:-all}
+if [ "$experiment" = all ] || [ "$experiment" = text ]; then
+    train_text size configs/shapes/size.yaml
+    sliders-eval --slider "$(slider size)" --scales=-2,-1,0,1,2 --target size "${EVAL[@]}" \
+        --baseline_replace medium=large --output output/eval/text-size
+    train_text size_colours configs/shapes/size.yaml --attributes "$colours"
+    sliders-eval --slider "$(slider size_colours)" --scales=-2,-1,0,1,2 --target size "${EVAL[@]}" \
+        --baseline_replace medium=large --output output/eval/text-size-colours
+    train_text size_bidirectional configs/shapes/size-bidirectional.yaml
+    sliders-eval --slider "$(slider size_bidirectional)" --scales=-2,-1,0,1,2 --target size "${EVAL[@]}" \
+        --baseline_replace medium=small --output output/eval/text-size-bidirectional
+fi
+if [ "$experiment" = all ] || [ "$experiment" = images ]; then
+    train_images image_symmetric datasets/shapes-size/symmetric smaller,larger -1,1
+    sliders-eval --slider "$(slider image_symmetric)" --scales=-2,-1,0,1,2 --target size "${EVAL[@]}" \
+        --baseline_replace medium=large --output output/eval/image-symmetric
+    train_images image_multiscale datasets/shapes-size/multiscale base_one_minus,base_one,base_one_plus,base_k 0.67,1,1.3,2
+    sliders-eval --slider "$(slider image_multiscale)" --scales=0,0.67,1,1.3,2 --target size "${EVAL[@]}" \
+        --output output/eval/image-multiscale
+fi
+if [ "$experiment" = all ] || [ "$experiment" = composition ]; then
+    train_text size_colours configs/shapes/size.yaml --attributes "$colours"
+    train_text roundness configs/shapes/roundness.yaml --attributes "$colours"
+    sliders-eval --slider "$(slider roundness)" --scales=-2,-1,0,1,2 --target fill_ratio "${EVAL[@]}" \
+        --output output/eval/roundness
+    sliders-eval --slider "$(slider size_colours):0,2" --slider "$(slider roundness):0,2" --target size \
+        "${EVAL[@]}" --output output/eval/composition
+fi
