@@ -73,23 +73,7 @@ P_DROP_ARTICLE = 0.25
 # which speeds up convergence for a fixed step budget.
 MIN_SNR_GAMMA = 5.0
 
-# Extra reconstruction weight on the shape's pixels (those not exactly background). The background
-# is most of every image and trivially easy; without this the decoder learns it first and mixes
-# up similar palette colours (red comes out orange) for much longer.
-FOREGROUND_WEIGHT = 4.0
-
-# Defaults for a GPU build (see `build_shapes_model`). With a time budget the UNet step count is
-# fitted to the measured speed, so DEFAULT_UNET_STEPS is a ceiling there.
-DEFAULT_VAE_STEPS = 2000
-DEFAULT_UNET_STEPS = 20000
-DEFAULT_BATCH = 256
-DEFAULT_VAE_BATCH = 64
-DEFAULT_LR = 1e-3
-DEFAULT_VAE_LR = 2e-3
-DEFAULT_KL_WEIGHT = 1e-5
-DEFAULT_POOL = 100_000
-
-# Seconds kept back from a time budget for the EMA copy, saving and the folder swap.
+# Seconds kept back from a time budget for encoding, saving and the folder swap.
 SAVE_RESERVE_S = 15.0
 
 
@@ -355,14 +339,12 @@ def train_vae(
     """Reconstruction (L1 + MSE) plus `kl_weight` x KL, both per element; returns the logged losses.
 
     L1 keeps the flat colours and sharp edges the measurement reads; the MSE term pulls the few
-    badly wrong pixels in faster; shape pixels weigh `FOREGROUND_WEIGHT` more (normalised, so the
-    loss stays a per-pixel mean). Horizontal flips are free extra data (every shape is symmetric).
+    badly wrong pixels in faster. Horizontal flips are free extra data (every shape is symmetric).
     """
     device = pool.images.device
     vae.train()
     optimizer = _optimizer(vae.parameters(), lr, device)
     warmup = max(1, min(200, steps // 10))
-    background = to_unit(torch.tensor(BACKGROUND, dtype=torch.uint8, device=device))[None, :, None, None]
     history, window, window_rec, seen = [], torch.zeros((), device=device), torch.zeros((), device=device), 0
     for step in range(steps):
         for group in optimizer.param_groups:
@@ -374,9 +356,7 @@ def train_vae(
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator, device=device)
         recon = vae.decode(z).sample
-        weight = 1.0 + FOREGROUND_WEIGHT * (x != background).any(dim=1, keepdim=True)
-        error = (recon - x).abs() + (recon - x) ** 2
-        rec = (weight * error).mean() / weight.mean()
+        rec = (recon - x).abs().mean() + ((recon - x) ** 2).mean()
         kl = 0.5 * (posterior.mean**2 + posterior.var - 1.0 - posterior.logvar).mean()
         loss = rec + kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
@@ -561,14 +541,14 @@ def build_shapes_model(
     *,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    vae_steps: int = DEFAULT_VAE_STEPS,
-    unet_steps: int = DEFAULT_UNET_STEPS,
-    batch_size: int = DEFAULT_BATCH,
-    vae_batch_size: int = DEFAULT_VAE_BATCH,
-    lr: float = DEFAULT_LR,
-    vae_lr: float = DEFAULT_VAE_LR,
-    kl_weight: float = DEFAULT_KL_WEIGHT,
-    pool_size: int = DEFAULT_POOL,
+    vae_steps: int = 2000,
+    unet_steps: int = 20000,
+    batch_size: int = 256,
+    vae_batch_size: int = 64,
+    lr: float = 5e-4,
+    vae_lr: float = 1e-3,
+    kl_weight: float = 1e-5,
+    pool_size: int = 100_000,
     time_budget_s: float | None = None,
     save_dtype: str = "fp16",
     overwrite: bool = False,
@@ -621,10 +601,6 @@ def build_shapes_model(
     text_encoders = make_text_encoders(len(tokenizer), seed + 1)
     vae = make_vae(seed + 3).to(device)
     unet = make_unet(seed + 4).to(device)
-    # The text encoders stay frozen at their seeded init: random CLIP features already tell every
-    # caption apart (one changed word moves encoder 2's pooled output by 30-40% of its norm), the
-    # 160 caption embeddings can then be computed once instead of every step, and slider prompts
-    # are encoded by exactly the network the UNet learned to read.
     for encoder in text_encoders:
         encoder.requires_grad_(False)
         if save_dtype == "fp16":
@@ -734,14 +710,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (a diffusers StableDiffusionXLPipeline)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default cpu)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=DEFAULT_VAE_STEPS)
-    parser.add_argument("--unet-steps", type=int, default=DEFAULT_UNET_STEPS)
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="UNet batch size")
-    parser.add_argument("--vae-batch-size", type=int, default=DEFAULT_VAE_BATCH)
-    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="UNet learning rate")
-    parser.add_argument("--vae-lr", type=float, default=DEFAULT_VAE_LR)
-    parser.add_argument("--kl-weight", type=float, default=DEFAULT_KL_WEIGHT)
-    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL, help="most scenes to render for training")
+    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--unet-steps", type=int, default=20000)
+    parser.add_argument("--batch-size", type=int, default=256, help="UNet batch size")
+    parser.add_argument("--vae-batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-4, help="UNet learning rate")
+    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--kl-weight", type=float, default=1e-5)
+    parser.add_argument("--pool-size", type=int, default=100_000, help="most scenes to render for training")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="fit the UNet step count so the whole build ends within this many seconds")
     parser.add_argument("--save-dtype", choices=("fp16", "fp32"), default="fp16")
