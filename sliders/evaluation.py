@@ -4,8 +4,9 @@ Holds the pluggable measurement (`Measurer`, `ShapesMeasurer`, the `MEASURERS` r
 statistics (average ranks, Spearman, least-squares slope), the aggregation of measured rows into a
 report (`summarise`, usable without any diffusion model), `evaluate`, which generates and measures,
 `write_report` (JSON, Markdown table and a PIL-drawn plot, all written atomically) and
-`run_evaluation`, which validates every input before loading the base model and sliders. It also
-parses the seed ranges and prompt files the `sliders-eval` command takes. It does not define the
+`run_evaluation`, which validates every input before loading the base model and sliders (through
+`sampling.plan_run` and `sampling.loaded`, shared with `run_sampling`, plus its own checks). It
+also parses the seed ranges and prompt files the `sliders-eval` command takes. It does not define the
 command line itself (see `cli`), does not train, and generates only through `sampling.generate`.
 
 The reference image for a prompt and seed is the one with every slider at 0. When 0 is not in every
@@ -29,29 +30,26 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from . import __version__
-from .config import PRECISION_ALIASES
 from .errors import InputError
-from .models import DTYPES, load_pipeline, parse_device, vae_factor
-from .network import SliderNetwork, load_slider, read_slider_file
+# Looked up here at call time and handed to `sampling.loaded`, so it can be replaced in this module.
+from .models import load_pipeline
+from .network import SliderNetwork
 from .sampling import (
-    DEFAULT_RESOLUTION,
     GRID_NAME,
     Sample,
     SliderSpec,
-    _check_multiple,
-    _check_prompts,
-    _check_scales,
-    _check_seeds,
-    _check_settings,
-    _drawable,
-    _metadata_resolution,
-    _slider_names,
-    _write_png,
+    check_prompts,
+    check_scales,
+    check_seeds,
     combination_label,
+    drawable,
     generate,
     image_name,
+    loaded,
     make_grid,
     parse_slider_arg,
+    plan_run,
+    write_png,
 )
 from .shapes.measure import centroid_shift, measure, outside_change, shape_mask
 
@@ -482,8 +480,8 @@ def _evaluate(
     started = time.perf_counter()
     measurer = get_measurer(measurer)
     target = _check_target(target, tuple(measurer.numeric), _measurer_name(measurer))
-    prompts = _check_prompts(prompts)
-    seeds = _check_seeds(seeds)
+    prompts = check_prompts(prompts)
+    seeds = check_seeds(seeds)
     if len(sliders) != len(scale_lists):
         raise ValueError(f"{len(sliders)} sliders but {len(scale_lists)} scale lists; give one list per slider")
     if not sliders:
@@ -491,7 +489,7 @@ def _evaluate(
     names = list(slider_names) if slider_names is not None else [f"slider{j + 1}" for j in range(len(sliders))]
     if len(names) != len(sliders):
         raise ValueError(f"{len(names)} slider names for {len(sliders)} sliders")
-    lists = [_check_scales(scales, f"scales of slider {name}") for name, scales in zip(names, scale_lists)]
+    lists = [check_scales(scales, f"scales of slider {name}") for name, scales in zip(names, scale_lists)]
     baseline_prompts = _check_baseline_prompts(baseline_prompts, prompts)
     settings = dict(start_noise=start_noise, steps=steps, guidance_scale=guidance_scale, height=height, width=width,
                     negative_prompt=negative_prompt)
@@ -730,7 +728,7 @@ def plot_report(report: Mapping) -> "Image.Image":
         return bottom - (y - y_low) / (y_high - y_low) * (bottom - top)
 
     def text_centred(x: float, y: float, text: str, fill="black") -> None:
-        text = _drawable(text, font)
+        text = drawable(text, font)
         draw.text((x - draw.textlength(text, font=font) / 2, y), text, fill=fill, font=font)
 
     for value in y_ticks:
@@ -747,9 +745,9 @@ def plot_report(report: Mapping) -> "Image.Image":
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black")
 
     text_centred((left + right) / 2, height - 22, "slider multiplier")
-    text_centred((left + right) / 2, 12, _drawable(f"{target}: mean per multiplier (bars: min to max)", font))
+    text_centred((left + right) / 2, 12, drawable(f"{target}: mean per multiplier (bars: min to max)", font))
     # A rotated label needs its own small image: PIL draws text horizontally only.
-    label = _drawable(target, font)
+    label = drawable(target, font)
     label_image = Image.new("RGB", (int(draw.textlength(label, font=font)) + 4, 16), "white")
     ImageDraw.Draw(label_image).text((2, 1), label, fill="black", font=font)
     rotated = label_image.rotate(90, expand=True)
@@ -781,7 +779,7 @@ def plot_report(report: Mapping) -> "Image.Image":
         draw.line([(legend_x, legend_y + 7), (legend_x + 20, legend_y + 7)], fill=colour, width=2)
         draw.ellipse([legend_x + 7, legend_y + 4, legend_x + 13, legend_y + 10], fill=colour)
         short = name if len(name) <= 20 else name[:19] + "..."
-        draw.text((legend_x + 26, legend_y), _drawable(short, font), fill="black", font=font)
+        draw.text((legend_x + 26, legend_y), drawable(short, font), fill="black", font=font)
         legend_y += 18
     if baseline_mean is not None:
         for x in (legend_x, legend_x + 12):
@@ -811,7 +809,7 @@ def write_report(report: Mapping, output_dir: str | Path) -> dict[str, Path]:
     paths = {
         "json": _write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", output / REPORT_JSON),
         "markdown": _write_text(report_markdown(report), output / REPORT_MD),
-        "plot": _write_png(plot_report(report), output / REPORT_PLOT),
+        "plot": write_png(plot_report(report), output / REPORT_PLOT),
     }
     logger.info("wrote %s, %s and %s", *paths.values())
     return paths
@@ -842,7 +840,7 @@ def parse_seeds(text: str) -> list[int]:
         if len(seeds) + last - first + 1 > MAX_SEEDS:
             raise InputError(f"--seeds {text!r} gives more than {MAX_SEEDS} seeds; give fewer")
         seeds.extend(range(first, last + 1))
-    return list(_check_seeds(seeds))
+    return list(check_seeds(seeds))
 
 
 def read_prompt_lines(path: str | Path) -> list[str]:
@@ -955,86 +953,46 @@ def run_evaluation(
     if isinstance(specs, (SliderSpec, str, Path)):
         specs = [specs]
     specs = [_as_spec(spec) for spec in specs or ()]
-    if not specs:
-        raise InputError("no slider given; pass at least one --slider file.safetensors")
-    metadatas = [read_slider_file(spec.path)[1] for spec in specs]
-    global_scales = None
-    if any(spec.scales is None for spec in specs):
-        global_scales = _check_scales(scales if scales is not None else (), "--scales")
-    scale_lists = [
-        _check_scales(spec.scales, f"scales of --slider {spec.path}") if spec.scales is not None else global_scales
-        for spec in specs
-    ]
-    prompts = _check_prompts(prompts)
-    seeds = _check_seeds(parse_seeds(seeds) if isinstance(seeds, str) else seeds)
+    plan = plan_run(
+        specs, scales, prompts, parse_seeds(seeds) if isinstance(seeds, str) else seeds, output=output,
+        start_noise=start_noise, steps=steps, guidance_scale=guidance_scale, pretrained_model=pretrained_model,
+        device=device, precision=precision, resolution=resolution, negative_prompt=negative_prompt,
+    )
     if baseline_prompts is not None and baseline_replace is not None:
         raise InputError("both baseline prompts and --baseline_replace given; use one way to make the edited prompts")
     if baseline_replace is not None:
-        baseline_prompts = baseline_from_replace(prompts, baseline_replace)
-    baseline_prompts = _check_baseline_prompts(baseline_prompts, prompts)
-    steps, start_noise_value, guidance = _check_settings(steps, start_noise, guidance_scale)
-    if not isinstance(negative_prompt, str):
-        raise InputError(f"--negative_prompt must be text, got {negative_prompt!r}")
-    if not isinstance(precision, str) or precision.lower() not in PRECISION_ALIASES:
-        raise InputError(f"--precision {precision!r} is unknown; choose fp32, fp16 or bf16")
-    precision = PRECISION_ALIASES[precision.lower()]
-    torch_device = parse_device(device)
+        baseline_prompts = baseline_from_replace(plan.prompts, baseline_replace)
+    baseline_prompts = _check_baseline_prompts(baseline_prompts, plan.prompts)
     if not isinstance(images, bool):
         raise InputError(f"--save_images must be true or false, got {images!r}")
-
-    first = specs[0].path
-    model = pretrained_model or metadatas[0].get("sliders_base_model")
-    if not model:
-        raise InputError(f"slider file '{first}' does not record its base model; pass --pretrained_model")
-    if pretrained_model is None:
-        for spec, metadata in zip(specs[1:], metadatas[1:]):
-            other = metadata.get("sliders_base_model")
-            if other and other != model:
-                logger.warning("slider '%s' was trained on %s, not %s; it may not fit", spec.path, other, model)
-    if resolution is None:
-        recorded = _metadata_resolution(metadatas[0], first)
-        resolution = DEFAULT_RESOLUTION if recorded is None else recorded
-        logger.info("resolution %d (from slider metadata or the default)", resolution)
-    _check_multiple(resolution, 8, "--resolution")
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise InputError(f"output '{output}' exists and is not a folder; choose another --output")
-    names = _slider_names([spec.path for spec in specs])
     # A registered measurer is built only now, so a heavy one (a CLIP model) never loads for bad input.
     measurer_instance = measurer_class() if measurer_class else measurer
 
-    logger.info("loading base model %s (%s on %s)", model, precision, torch_device)
-    pipe = load_pipeline(model, DTYPES[precision], torch_device)
-    _check_multiple(resolution, math.lcm(8, vae_factor(pipe.vae)), "--resolution")
-    sliders: list[SliderNetwork] = []
-    try:
-        for spec in specs:
-            sliders.append(load_slider(spec.path, pipe.unet, attach=True))
-            logger.info("attached slider %s (%d layers)", spec.path, len(sliders[-1].loras))
+    names = list(plan.slider_names)
+    with loaded(plan, loader=load_pipeline) as (pipe, sliders):
         report, samples, baseline_samples = _evaluate(
-            pipe, sliders, scale_lists, prompts, seeds, measurer=measurer_instance, target=target,
-            baseline_prompts=baseline_prompts, start_noise=start_noise_value, steps=steps,
-            guidance_scale=guidance, height=resolution, width=resolution, negative_prompt=negative_prompt,
-            slider_names=names, slider_paths=[spec.path for spec in specs],
+            pipe, sliders, plan.scale_lists, plan.prompts, plan.seeds, measurer=measurer_instance, target=target,
+            baseline_prompts=baseline_prompts, start_noise=plan.start_noise, steps=plan.steps,
+            guidance_scale=plan.guidance_scale, height=plan.resolution, width=plan.resolution,
+            negative_prompt=plan.negative_prompt, slider_names=names, slider_paths=[spec.path for spec in plan.specs],
         )
-    finally:
-        for slider in sliders:
-            slider.detach()
 
     report["settings"].update(
-        {"base_model": model, "precision": precision, "device": str(torch_device), "resolution": resolution}
+        {"base_model": plan.model, "precision": plan.precision, "device": str(plan.device),
+         "resolution": plan.resolution}
     )
+    output = plan.output
     paths = write_report(report, output)
     if images:
         folder = output / IMAGES_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         for sample in samples:
-            _write_png(sample.image, folder / image_name(sample, names))
+            write_png(sample.image, folder / image_name(sample, names))
         for sample in baseline_samples:
-            _write_png(sample.image, folder / ("baseline_" + image_name(sample, [])))
+            write_png(sample.image, folder / ("baseline_" + image_name(sample, [])))
         paths["images"] = folder
-        paths["grid"] = _write_png(make_grid(samples, names), output / GRID_NAME)
+        paths["grid"] = write_png(make_grid(samples, names), output / GRID_NAME)
         if baseline_samples:
-            paths["baseline_grid"] = _write_png(make_grid(baseline_samples, names), output / BASELINE_GRID_NAME)
+            paths["baseline_grid"] = write_png(make_grid(baseline_samples, names), output / BASELINE_GRID_NAME)
         logger.info("wrote %d images to %s", len(samples) + len(baseline_samples), folder)
     return paths

@@ -1,9 +1,11 @@
 """Sampling with sliders: images at several slider strengths from the same seed, and a labelled grid.
 
-Holds the parsing of slider/scale arguments, the generation loop (SPEC section 6) that switches the
-sliders on once the timestep falls to `start_noise`, the grid drawing and `run_sampling`, which
-validates everything, loads the base model once and writes PNGs atomically. It does not train,
-does not define the slider network (see `network`) and does not load models itself (see `models`).
+Holds the parsing and checking of slider/scale arguments, the generation loop (SPEC section 6) that
+switches the sliders on once the timestep falls to `start_noise`, the grid drawing, and the run
+set-up shared with `evaluation`: `plan_run` checks every input into a `RunPlan` before any model
+loads, and `loaded` loads the base model once and attaches the sliders. `run_sampling` uses both
+and writes PNGs atomically. It does not train, does not define the slider network (see `network`)
+and does not load models itself (see `models`).
 The switch goes through the pipeline's public `callback_on_step_end`; no diffusers class is patched.
 """
 
@@ -16,9 +18,10 @@ import math
 import os
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -113,7 +116,11 @@ def parse_slider_arg(text: str) -> SliderSpec:
     return SliderSpec(Path(text), None)
 
 
-def _check_scales(scales: Sequence[Any], what: str) -> tuple[float, ...]:
+def check_scales(scales: Sequence[Any], what: str) -> tuple[float, ...]:
+    """Scales as text (read by `parse_scales`) or as numbers (at least one, finite, none repeated) -> floats.
+
+    A bad value is an InputError naming `what`.
+    """
     if isinstance(scales, str):
         return parse_scales(scales, what)
     values = tuple(_finite_float(value, what) for value in scales)
@@ -125,7 +132,8 @@ def _check_scales(scales: Sequence[Any], what: str) -> tuple[float, ...]:
     return values
 
 
-def _check_seeds(seeds: Sequence[Any]) -> tuple[int, ...]:
+def check_seeds(seeds: Sequence[Any]) -> tuple[int, ...]:
+    """Seeds as whole numbers (or their text) from 0 to 2**64-1, at least one, none repeated."""
     if isinstance(seeds, (str, int)) or not seeds:
         raise InputError("no seeds given; pass at least one whole-number seed, e.g. --seeds 0,1")
     checked = []
@@ -144,7 +152,8 @@ def _check_seeds(seeds: Sequence[Any]) -> tuple[int, ...]:
     return tuple(checked)
 
 
-def _check_prompts(prompts: Sequence[Any]) -> tuple[str, ...]:
+def check_prompts(prompts: Sequence[Any]) -> tuple[str, ...]:
+    """At least one prompt, each of them text (a single text is not a list of prompts)."""
     if isinstance(prompts, str) or not prompts:
         raise InputError("no prompt given; pass at least one --prompt")
     for prompt in prompts:
@@ -268,9 +277,9 @@ def generate(
         if not slider.attached:
             raise ValueError("a slider passed to generate() is not attached to the UNet; call attach() first")
     steps, start_noise_value, guidance = _check_settings(steps, start_noise, guidance_scale)
-    prompts = _check_prompts(prompts)
-    seeds = _check_seeds(seeds)
-    lists = [_check_scales(scales, f"scales of slider {n + 1}") for n, scales in enumerate(scale_lists)]
+    prompts = check_prompts(prompts)
+    seeds = check_seeds(seeds)
+    lists = [check_scales(scales, f"scales of slider {n + 1}") for n, scales in enumerate(scale_lists)]
     factor = vae_factor(pipe.vae)
     _check_size(height, width, factor)
 
@@ -341,7 +350,8 @@ def _font():
     return ImageFont.load_default()
 
 
-def _drawable(text: str, font) -> str:
+def drawable(text: str, font) -> str:
+    """`text` as `font` can draw it: unchanged for FreeType fonts, Latin-1 with '?' for the bitmap font."""
     from PIL import ImageFont
 
     # The bitmap fallback font (Pillow without FreeType) only encodes Latin-1.
@@ -380,7 +390,7 @@ def _row_label(prompt: str, seed: int, height: int, width: int, font, draw) -> l
     line_height = _line_height(font)
     available = max(1, (height - 2 * LABEL_PAD) // line_height)
     short = prompt if len(prompt) <= PROMPT_LABEL_CHARS else prompt[: PROMPT_LABEL_CHARS - 3].rstrip() + "..."
-    lines = _wrap(_drawable(short, font), width, font, draw) if short.strip() else []
+    lines = _wrap(drawable(short, font), width, font, draw) if short.strip() else []
     room = available - 1  # the last line is the seed
     if len(lines) > room:
         lines = lines[:room]
@@ -409,7 +419,7 @@ def make_grid(samples: Sequence[Sample], slider_names: Sequence[str]) -> "Image.
     line_height = _line_height(font)
 
     column_lines = [
-        _wrap(_drawable(combination_label(slider_names, combo), font), cell_width - 2 * LABEL_PAD, font, measure)
+        _wrap(drawable(combination_label(slider_names, combo), font), cell_width - 2 * LABEL_PAD, font, measure)
         for combo in columns
     ]
     band = 2 * LABEL_PAD + line_height * max(len(lines) for lines in column_lines)
@@ -432,7 +442,7 @@ def make_grid(samples: Sequence[Sample], slider_names: Sequence[str]) -> "Image.
     return grid
 
 
-def _write_png(image: "Image.Image", path: Path) -> Path:
+def write_png(image: "Image.Image", path: Path) -> Path:
     """Save as PNG through a temporary file in the same folder, renamed into place."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
@@ -443,6 +453,10 @@ def _write_png(image: "Image.Image", path: Path) -> Path:
         if os.path.exists(temporary):
             os.unlink(temporary)
     return path
+
+
+# The former private name, kept so existing callers of it still work.
+_write_png = write_png
 
 
 # --------------------------------------------------------------------------------------------------
@@ -459,6 +473,141 @@ def _slider_names(paths: Sequence[Path]) -> list[str]:
             name, count = f"{path.stem}_{count}", count + 1
         names.append(name)
     return names
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Every input of a sampling or evaluation run, checked and resolved; `plan_run` builds it.
+
+    `scale_lists` holds one tuple of scales per slider (its own or the global ones), `precision`
+    the canonical name (fp32, fp16 or bf16) of `dtype`, `model` and `resolution` the values given
+    or else those from the first slider's metadata, `slider_names` the distinct labels of `specs`.
+    """
+
+    specs: tuple[SliderSpec, ...]
+    scale_lists: tuple[tuple[float, ...], ...]
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    steps: int
+    start_noise: float
+    guidance_scale: float
+    negative_prompt: str
+    precision: str
+    dtype: torch.dtype
+    device: torch.device
+    model: str
+    resolution: int
+    output: Path
+    slider_names: tuple[str, ...]
+
+
+def plan_run(
+    specs: Sequence[SliderSpec] | SliderSpec,
+    scales: Sequence[float] | str | None,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    output: str | Path,
+    start_noise: int | float,
+    steps: int,
+    guidance_scale: float,
+    pretrained_model: str | None,
+    device: str | None,
+    precision: str,
+    resolution: int | None,
+    negative_prompt: str,
+) -> RunPlan:
+    """Check every input of a run and resolve its defaults, without loading any model.
+
+    Reads each slider file's metadata (an InputError when one is missing or unreadable); a slider
+    without its own scales uses `scales`. The base model and resolution default to those recorded
+    in the first slider's metadata (`sliders_base_model`, `sliders_resolution`; 1024 when none is
+    recorded), with a warning for a later slider recorded on another base model. The resolution is
+    checked against the VAE only once the model is loaded (see `loaded`).
+    """
+    if isinstance(specs, SliderSpec):
+        specs = [specs]
+    if not specs:
+        raise InputError("no slider given; pass at least one --slider file.safetensors")
+    specs = tuple(specs)
+    metadatas = []
+    for spec in specs:
+        _, metadata = read_slider_file(spec.path)
+        metadatas.append(metadata)
+    global_scales: tuple[float, ...] | None = None
+    if any(spec.scales is None for spec in specs):
+        global_scales = check_scales(scales if scales is not None else (), "--scales")
+    scale_lists = tuple(
+        check_scales(spec.scales, f"scales of --slider {spec.path}") if spec.scales is not None else global_scales
+        for spec in specs
+    )
+    prompts = check_prompts(prompts)
+    seeds = check_seeds(seeds)
+    steps, start_noise_value, guidance = _check_settings(steps, start_noise, guidance_scale)
+    if not isinstance(negative_prompt, str):
+        raise InputError(f"--negative_prompt must be text, got {negative_prompt!r}")
+    if not isinstance(precision, str) or precision.lower() not in PRECISION_ALIASES:
+        raise InputError(f"--precision {precision!r} is unknown; choose fp32, fp16 or bf16")
+    precision = PRECISION_ALIASES[precision.lower()]
+    torch_device = parse_device(device)
+
+    first = specs[0].path
+    model = pretrained_model or metadatas[0].get("sliders_base_model")
+    if not model:
+        raise InputError(f"slider file '{first}' does not record its base model; pass --pretrained_model")
+    if pretrained_model is None:
+        for spec, metadata in zip(specs[1:], metadatas[1:]):
+            other = metadata.get("sliders_base_model")
+            if other and other != model:
+                logger.warning("slider '%s' was trained on %s, not %s; it may not fit", spec.path, other, model)
+    if resolution is None:
+        recorded = _metadata_resolution(metadatas[0], first)
+        resolution = DEFAULT_RESOLUTION if recorded is None else recorded
+        logger.info("resolution %d (from slider metadata or the default)", resolution)
+    _check_multiple(resolution, 8, "--resolution")
+
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output '{output}' exists and is not a folder; choose another --output")
+    return RunPlan(
+        specs=specs,
+        scale_lists=scale_lists,
+        prompts=prompts,
+        seeds=seeds,
+        steps=steps,
+        start_noise=start_noise_value,
+        guidance_scale=guidance,
+        negative_prompt=negative_prompt,
+        precision=precision,
+        dtype=DTYPES[precision],
+        device=torch_device,
+        model=model,
+        resolution=resolution,
+        output=output,
+        slider_names=tuple(_slider_names([spec.path for spec in specs])),
+    )
+
+
+@contextmanager
+def loaded(plan: RunPlan, *, loader: Callable | None = None) -> Iterator[tuple[Any, list[SliderNetwork]]]:
+    """Load the plan's base model once, check its resolution against the VAE and attach its sliders.
+
+    Yields `(pipe, sliders)`, the sliders in the order of `plan.specs`, and detaches every attached
+    slider on exit, also on error. `loader` is called as `loader(model, dtype, device)` in place of
+    this module's `load_pipeline` (a caller passes its own so that it can be replaced there).
+    """
+    logger.info("loading base model %s (%s on %s)", plan.model, plan.precision, plan.device)
+    pipe = (loader or load_pipeline)(plan.model, plan.dtype, plan.device)
+    _check_multiple(plan.resolution, math.lcm(8, vae_factor(pipe.vae)), "--resolution")
+    sliders: list[SliderNetwork] = []
+    try:
+        for spec in plan.specs:
+            sliders.append(load_slider(spec.path, pipe.unet, attach=True))
+            logger.info("attached slider %s (%d layers)", spec.path, len(sliders[-1].loras))
+        yield pipe, sliders
+    finally:
+        for slider in sliders:
+            slider.detach()
 
 
 def run_sampling(
@@ -484,78 +633,29 @@ def run_sampling(
     paths (in generation order) and the grid's path.
     """
     # Everything the user gave is checked before any model is loaded.
-    if isinstance(specs, SliderSpec):
-        specs = [specs]
-    if not specs:
-        raise InputError("no slider given; pass at least one --slider file.safetensors")
-    metadatas = []
-    for spec in specs:
-        _, metadata = read_slider_file(spec.path)
-        metadatas.append(metadata)
-    global_scales: tuple[float, ...] | None = None
-    if any(spec.scales is None for spec in specs):
-        global_scales = _check_scales(scales if scales is not None else (), "--scales")
-    scale_lists = [
-        _check_scales(spec.scales, f"scales of --slider {spec.path}") if spec.scales is not None else global_scales
-        for spec in specs
-    ]
-    prompts = _check_prompts(prompts)
-    seeds = _check_seeds(seeds)
-    steps, start_noise_value, guidance = _check_settings(steps, start_noise, guidance_scale)
-    if not isinstance(negative_prompt, str):
-        raise InputError(f"--negative_prompt must be text, got {negative_prompt!r}")
-    if not isinstance(precision, str) or precision.lower() not in PRECISION_ALIASES:
-        raise InputError(f"--precision {precision!r} is unknown; choose fp32, fp16 or bf16")
-    dtype = DTYPES[PRECISION_ALIASES[precision.lower()]]
-    torch_device = parse_device(device)
-
-    first = specs[0].path
-    model = pretrained_model or metadatas[0].get("sliders_base_model")
-    if not model:
-        raise InputError(f"slider file '{first}' does not record its base model; pass --pretrained_model")
-    if pretrained_model is None:
-        for spec, metadata in zip(specs[1:], metadatas[1:]):
-            other = metadata.get("sliders_base_model")
-            if other and other != model:
-                logger.warning("slider '%s' was trained on %s, not %s; it may not fit", spec.path, other, model)
-    if resolution is None:
-        recorded = _metadata_resolution(metadatas[0], first)
-        resolution = DEFAULT_RESOLUTION if recorded is None else recorded
-        logger.info("resolution %d (from slider metadata or the default)", resolution)
-    _check_multiple(resolution, 8, "--resolution")
-
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise InputError(f"output '{output}' exists and is not a folder; choose another --output")
-    names = _slider_names([spec.path for spec in specs])
-
-    logger.info("loading base model %s (%s on %s)", model, precision, torch_device)
-    pipe = load_pipeline(model, dtype, torch_device)
-    _check_multiple(resolution, math.lcm(8, vae_factor(pipe.vae)), "--resolution")
-    sliders: list[SliderNetwork] = []
-    try:
-        for spec in specs:
-            sliders.append(load_slider(spec.path, pipe.unet, attach=True))
-            logger.info("attached slider %s (%d layers)", spec.path, len(sliders[-1].loras))
+    plan = plan_run(
+        specs, scales, prompts, seeds, output=output, start_noise=start_noise, steps=steps,
+        guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
+        resolution=resolution, negative_prompt=negative_prompt,
+    )
+    with loaded(plan) as (pipe, sliders):
         samples = generate(
             pipe,
             sliders,
-            scale_lists,
-            prompts,
-            seeds,
-            start_noise=start_noise_value,
-            steps=steps,
-            guidance_scale=guidance,
-            height=resolution,
-            width=resolution,
-            negative_prompt=negative_prompt,
+            plan.scale_lists,
+            plan.prompts,
+            plan.seeds,
+            start_noise=plan.start_noise,
+            steps=plan.steps,
+            guidance_scale=plan.guidance_scale,
+            height=plan.resolution,
+            width=plan.resolution,
+            negative_prompt=plan.negative_prompt,
         )
-    finally:
-        for slider in sliders:
-            slider.detach()
 
+    output, names = plan.output, plan.slider_names
     output.mkdir(parents=True, exist_ok=True)
-    paths = [_write_png(sample.image, output / image_name(sample, names)) for sample in samples]
-    grid_path = _write_png(make_grid(samples, names), output / GRID_NAME)
+    paths = [write_png(sample.image, output / image_name(sample, names)) for sample in samples]
+    grid_path = write_png(make_grid(samples, names), output / GRID_NAME)
     logger.info("wrote %d images and %s", len(paths), grid_path)
     return paths, grid_path
