@@ -29,6 +29,10 @@ if [ "$experiment" = all ] || [ "$experiment" = text ]; then
     train_text size_colours configs/shapes/size.yaml --attributes "$colours"
     sliders-eval --slider "$(slider size_colours)" --scales=-2,-1,0,1,2 --target size "${EVAL[@]}" \
         --baseline_replace medium=large --output output/eval/text-size-colours
+    for name in size size_colours; do  # far out of the training range, where colour could start to drift
+        sliders-eval --slider "$(slider $name)" --scales=-6,0,6 --target size "${EVAL[@]}" \
+            --output "output/eval/stress-$name"
+    done
     train_text size_bidirectional configs/shapes/size-bidirectional.yaml
     sliders-eval --slider "$(slider size_bidirectional)" --scales=-2,-1,0,1,2 --target size "${EVAL[@]}" \
         --baseline_replace medium=small --output output/eval/text-size-bidirectional
