@@ -203,23 +203,42 @@ def _image_entry(prompts_file: str | None, resolution: int | None):
     return make_entry(raw, "image slider prompt entry")
 
 
-def _sample(argv: Sequence[str] | None) -> int:
-    parser = _Parser(prog="sliders-sample", description="Images at several slider strengths from the same seed.")
+def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: str) -> None:
+    """Flags that sliders-sample and sliders-eval share: how images are generated and where they go."""
     parser.add_argument("--slider", action="append", required=True, metavar="PATH[:SCALES]",
                         help="slider file, optionally with its own scales (repeat for several sliders)")
-    parser.add_argument("--scales", default="-2,0,2", help="scales for sliders without their own (default -2,0,2)")
-    parser.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
     parser.add_argument("--negative_prompt", default="", help="negative prompt")
-    parser.add_argument("--seeds", default="0", help="seeds, comma separated (default 0)")
     parser.add_argument("--start_noise", type=int, default=750, help="sliders are off while the timestep is above this")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps")
+    parser.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
     parser.add_argument("--guidance_scale", type=float, default=5.0, help="classifier-free guidance")
     parser.add_argument("--pretrained_model", help="base model (default: the one recorded in the slider)")
     parser.add_argument("--resolution", type=int, help="image size (default: the slider's training resolution)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="model dtype")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU index")
-    parser.add_argument("--output", default="samples", help="output folder (default: samples)")
+    parser.add_argument("--output", default=output, help=f"output folder (default: {output})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+
+
+def _generation_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "output": args.output,
+        "start_noise": args.start_noise,
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "pretrained_model": args.pretrained_model,
+        "device": args.device,
+        "precision": args.precision,
+        "resolution": args.resolution,
+        "negative_prompt": args.negative_prompt,
+    }
+
+
+def _sample(argv: Sequence[str] | None) -> int:
+    parser = _Parser(prog="sliders-sample", description="Images at several slider strengths from the same seed.")
+    _generation_flags(parser, steps=50, output="samples")
+    parser.add_argument("--scales", default="-2,0,2", help="scales for sliders without their own (default -2,0,2)")
+    parser.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
+    parser.add_argument("--seeds", default="0", help="seeds, comma separated (default 0)")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
@@ -236,15 +255,7 @@ def _sample(argv: Sequence[str] | None) -> int:
         parse_scales(args.scales),
         args.prompt,
         seeds,
-        output=args.output,
-        start_noise=args.start_noise,
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        pretrained_model=args.pretrained_model,
-        device=args.device,
-        precision=args.precision,
-        resolution=args.resolution,
-        negative_prompt=args.negative_prompt,
+        **_generation_kwargs(args),
     )
     print(f"wrote {len(images)} images and {grid}")
     return 0
@@ -252,8 +263,7 @@ def _sample(argv: Sequence[str] | None) -> int:
 
 def _eval(argv: Sequence[str] | None) -> int:
     parser = _Parser(prog="sliders-eval", description="Measure sliders: attribute per scale, preservation, baseline.")
-    parser.add_argument("--slider", action="append", required=True, metavar="PATH[:SCALES]",
-                        help="slider file, optionally with its own scales (repeat for several sliders)")
+    _generation_flags(parser, steps=25, output="evaluation")
     parser.add_argument("--scales", default="-2,-1,0,1,2", help="scales for sliders without their own")
     parser.add_argument("--prompt", action="append", help="prompt (repeatable)")
     parser.add_argument("--prompts_file", help="text file, one prompt per line")
@@ -262,17 +272,7 @@ def _eval(argv: Sequence[str] | None) -> int:
     parser.add_argument("--target", default="size", help="the attribute the slider should move (default size)")
     parser.add_argument("--baseline_replace", action="append", metavar="OLD=NEW",
                         help="prompt-editing baseline: replace OLD by NEW in each prompt (repeatable)")
-    parser.add_argument("--start_noise", type=int, default=750, help="sliders are off while the timestep is above this")
-    parser.add_argument("--steps", type=int, default=25, help="denoising steps")
-    parser.add_argument("--guidance_scale", type=float, default=5.0, help="classifier-free guidance")
-    parser.add_argument("--negative_prompt", default="", help="negative prompt")
-    parser.add_argument("--pretrained_model", help="base model (default: the one recorded in the slider)")
-    parser.add_argument("--resolution", type=int, help="image size (default: the slider's training resolution)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="model dtype")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU index")
-    parser.add_argument("--output", default="evaluation", help="output folder (default: evaluation)")
     parser.add_argument("--save_images", action="store_true", help="also write every image and grids")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
@@ -288,19 +288,11 @@ def _eval(argv: Sequence[str] | None) -> int:
         args.scales,
         prompts,
         args.seeds,
-        output=args.output,
         measurer=args.measurer,
         target=args.target,
         baseline_replace=args.baseline_replace,
-        start_noise=args.start_noise,
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        pretrained_model=args.pretrained_model,
-        device=args.device,
-        precision=args.precision,
-        resolution=args.resolution,
-        negative_prompt=args.negative_prompt,
         images=args.save_images,
+        **_generation_kwargs(args),
     )
     print(f"wrote {paths['markdown']}, {paths['json']} and {paths['plot']}")
     return 0
