@@ -41,6 +41,8 @@ if [ "$experiment" = all ] || [ "$experiment" = images ]; then
     train_images image_symmetric datasets/shapes-size/symmetric smaller,larger -1,1
     sliders-eval --slider "$(slider image_symmetric)" --scales=-2,-1,0,1,2 --target size "${EVAL[@]}" \
         --baseline_replace medium=large --output output/eval/image-symmetric
+    sliders-eval --slider "$(slider image_symmetric)" --scales=-2,0,2 --target size "${EVAL[@]}" \
+        --start_noise 1000 --output output/eval/image-symmetric-sn1000
     train_images image_multiscale datasets/shapes-size/multiscale base_one_minus,base_one,base_one_plus,base_k 0.67,1,1.3,2
     sliders-eval --slider "$(slider image_multiscale)" --scales=0,0.67,1,1.3,2 --target size "${EVAL[@]}" \
         --output output/eval/image-multiscale
