@@ -542,7 +542,7 @@ def build_shapes_model(
     seed: int = 0,
     device: str | torch.device = "cpu",
     vae_steps: int = 2000,
-    unet_steps: int = 20000,
+    unet_steps: int = 3500,
     batch_size: int = 256,
     vae_batch_size: int = 64,
     lr: float = 5e-4,
@@ -711,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=2000)
-    parser.add_argument("--unet-steps", type=int, default=20000)
+    parser.add_argument("--unet-steps", type=int, default=3500)
     parser.add_argument("--batch-size", type=int, default=256, help="UNet batch size")
     parser.add_argument("--vae-batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4, help="UNet learning rate")
