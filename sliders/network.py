@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from . import __version__
 from .config import NETWORK_TYPES, TRAINING_METHODS
 from .errors import InputError
+from .models import DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ PREFIX = "lora_unet"
 ATTENTION_LAYERS = ("to_q", "to_k", "to_v", "to_out.0")
 RESNET_LAYERS = ("conv1", "conv2", "conv_shortcut", "time_emb_proj")
 SAMPLER_LAYERS = ("conv",)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class LoRAModule(nn.Module):
