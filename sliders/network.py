@@ -136,7 +136,7 @@ def select_targets(unet: nn.Module, network_type: str, training_method: str) -> 
         else:
             continue
         for layer in layers:
-            module = block.get_submodule(layer) if _has_submodule(block, layer) else None
+            module = _submodule(block, layer)
             if not isinstance(module, (nn.Linear, nn.Conv2d)):
                 continue
             if training_method == "noxattn-hspace-last":
@@ -153,12 +153,12 @@ def select_targets(unet: nn.Module, network_type: str, training_method: str) -> 
     return targets
 
 
-def _has_submodule(block: nn.Module, dotted: str) -> bool:
+def _submodule(block: nn.Module, dotted: str) -> nn.Module | None:
+    """`block.<dotted>`, or None where the block has no such layer (conv_shortcut is optional)."""
     try:
-        block.get_submodule(dotted)
+        return block.get_submodule(dotted)
     except AttributeError:
-        return False
-    return True
+        return None
 
 
 def lora_name(dotted: str) -> str:
