@@ -217,10 +217,6 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     return cls(**values)
 
 
-def _nested_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
-
-
 def _merge(base: dict, overrides: Mapping[str, Any]) -> dict:
     """Apply dotted-key overrides ("train.lr": 1e-4) to a nested dict, leaving `base` untouched."""
     merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
@@ -337,7 +333,7 @@ def config_to_dict(config: Config) -> dict:
             return [plain(v) for v in value]
         return value
 
-    return plain(_nested_dict(config))
+    return plain(dataclasses.asdict(config))
 
 
 def save_config(config: Config, path: str | Path) -> None:
