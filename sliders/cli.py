@@ -155,6 +155,12 @@ def _train_images(argv: Sequence[str] | None) -> int:
     parser.add_argument("--folders", help="sub-folders, comma separated, e.g. 'low,high'")
     parser.add_argument("--scales", help="one scale per folder, e.g. '-1,1' or '0.67,1,1.3,2'")
     parser.add_argument("--resolution", type=int, help="training resolution (default: the prompt entry's, else 512)")
+    parser.add_argument(
+        "--captions",
+        action="store_true",
+        default=None,
+        help="condition each pair on its caption, folder_main/<name>.txt (before the entry's prompt)",
+    )
     parser.add_argument("--attributes", help="accepted for compatibility with the official script; image sliders ignore it")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
@@ -170,13 +176,14 @@ def _train_images(argv: Sequence[str] | None) -> int:
         overrides["data.folders"] = parse_names(args.folders, "--folders")
     if args.scales is not None:
         overrides["data.scales"] = parse_floats(args.scales, "--scales")
+    overrides["data.captions"] = args.captions
     config = load_config(args.config, overrides)
     if args.attributes:
         logger.warning("--attributes has no effect on image sliders")
     entry = _image_entry(config.prompts_file, args.resolution)
     if not config.data.folders:
         raise InputError("no image folders; pass --folders a,b (and --scales) or set data.folders in the config")
-    pairs = scan_pairs(config.data.folder_main, config.data.folders, config.data.scales)
+    pairs = scan_pairs(config.data.folder_main, config.data.folders, config.data.scales, config.data.captions)
     device = parse_device(args.device)
     check_output(config, args.overwrite)
     result = train_image_slider(config, pairs, entry, device)
@@ -272,6 +279,8 @@ def _eval(argv: Sequence[str] | None) -> int:
     parser.add_argument("--target", default="size", help="the attribute the slider should move (default size)")
     parser.add_argument("--baseline_replace", action="append", metavar="OLD=NEW",
                         help="prompt-editing baseline: replace OLD by NEW in each prompt (repeatable)")
+    parser.add_argument("--baseline_prompts_file",
+                        help="prompt-editing baseline: text file with the edited prompt of each prompt, in order")
     parser.add_argument("--save_images", action="store_true", help="also write every image and grids")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
@@ -283,6 +292,7 @@ def _eval(argv: Sequence[str] | None) -> int:
         prompts += read_prompt_lines(args.prompts_file)
     if not prompts:
         raise InputError("no prompts; pass --prompt TEXT (repeatable) or --prompts_file FILE")
+    baseline = read_prompt_lines(args.baseline_prompts_file) if args.baseline_prompts_file else None
     paths = run_evaluation(
         args.slider,
         args.scales,
@@ -290,6 +300,7 @@ def _eval(argv: Sequence[str] | None) -> int:
         args.seeds,
         measurer=args.measurer,
         target=args.target,
+        baseline_prompts=baseline,
         baseline_replace=args.baseline_replace,
         images=args.save_images,
         **_generation_kwargs(args),

@@ -119,6 +119,7 @@ class DataConfig:
     scales: tuple[float, ...] = ()
     folders_per_step: int | None = None
     cache_latents: bool = True
+    captions: bool = False  # read folder_main/<stem>.txt and condition each pair on it
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class PairedFolders:
     scales: tuple[float, ...]
     stems: tuple[str, ...]
     files: tuple[tuple[Path, ...], ...]
+    captions: tuple[str, ...] | None = None  # ``captions[j]`` describes ``stems[j]`` in every folder
 
     def path(self, folder_index: int, stem_index: int) -> Path:
         """The image file of ``folders[folder_index]`` for ``stems[stem_index]``."""
@@ -246,15 +247,41 @@ def _warn_on_aspect_mismatch(
         )
 
 
+def read_captions(root: Path, stems: Sequence[str]) -> tuple[str, ...]:
+    """The caption of every stem: the text of ``root/<stem>.txt``, stripped, on one line.
+
+    One caption per pair, beside the sub-folders rather than inside them, because it describes
+    what the images of a pair share (the concept is what differs between the folders).
+    """
+    captions = []
+    for stem in stems:
+        path = root / f"{stem}.txt"
+        if not path.is_file():
+            raise InputError(
+                f"caption file '{path}' for image name {stem!r} does not exist; write one caption per "
+                f"image name into folder_main as <name>.txt, or turn data.captions off"
+            )
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"caption file '{path}' cannot be read as UTF-8 text ({error}); re-save it") from error
+        caption = " ".join(text.split())
+        if not caption:
+            raise InputError(f"caption file '{path}' is empty; write the caption of {stem!r} into it")
+        captions.append(caption)
+    return tuple(captions)
+
+
 def scan_pairs(
-    folder_main: str | os.PathLike, folders: Sequence[str], scales: Sequence[float]
+    folder_main: str | os.PathLike, folders: Sequence[str], scales: Sequence[float], captions: bool = False
 ) -> PairedFolders:
     """Validate ``folder_main/<folders[i]>`` image sets and index them.
 
     Raises ``InputError`` (one problem, naming folder and file) for: a missing folder_main or
     sub-folder, duplicate folder names, a folders/scales count mismatch, a zero or non-finite
     scale, an empty folder, two files with one stem in a folder, a stem missing from a folder or
-    present in one folder only, and any image PIL cannot fully decode.
+    present in one folder only, and any image PIL cannot fully decode. With ``captions``, every
+    stem also needs a non-empty ``folder_main/<stem>.txt`` (see ``read_captions``).
     """
     names = _check_folder_names(folders)
     scale_values = _check_scales(scales, names)
@@ -280,6 +307,7 @@ def scan_pairs(
 
     stems = _check_same_stems(names, listings)
     files = tuple(tuple(listing[stem] for stem in stems) for listing in listings)
+    stem_captions = read_captions(root, stems) if captions else None
 
     sizes = [
         [_check_image(path, name) for path in folder_files]
@@ -290,7 +318,9 @@ def scan_pairs(
     logger.info(
         "image pairs: %d names in each of %d folders under %s", len(stems), len(names), root
     )
-    return PairedFolders(root=root, folders=names, scales=scale_values, stems=stems, files=files)
+    return PairedFolders(
+        root=root, folders=names, scales=scale_values, stems=stems, files=files, captions=stem_captions
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -50,6 +50,18 @@ def guided_target(
     return neutral + sign * guidance * (positive - unconditional)
 
 
+def pair_prompt(caption: str | None, prompt: str) -> str:
+    """The text an image pair is conditioned on: its caption, then the entry's prompt, comma-joined
+    (either may be absent or empty)."""
+    return ", ".join(part for part in (caption, prompt) if part)
+
+
+def image_prompts(pairs: PairedFolders, entry: PromptEntry) -> list[str]:
+    """Every text an image objective conditions on, for encoding before training."""
+    captions = pairs.captions if pairs.captions is not None else (None,)
+    return sorted({pair_prompt(c, p) for c in captions for p in (entry.positive, entry.neutral)})
+
+
 def is_symmetric(scales: Sequence[float]) -> bool:
     """Every scale `s` has its mirror `-s`: the official low/high pairing applies."""
     present = set(scales)
@@ -208,10 +220,8 @@ class ImageObjective:
             i: self.scheduler.get_velocity(clean[i], noise, noising) if self.v_pred else noise for i in chosen
         }
         timestep = training_timestep(self.scheduler, k, self.total_steps, self.device)
-        resolution = self.entry.resolution
-        ids = time_ids(resolution, resolution).expand(len(stems), -1)  # (B, 6)
-        positive = conditioning(self.embeddings, self.entry.positive, ids)
-        neutral = conditioning(self.embeddings, self.entry.neutral, ids)
+        positive = self._conditioning(stems, self.entry.positive)
+        neutral = self._conditioning(stems, self.entry.neutral)
         return [
             Term(
                 model_input(self.scheduler, noisy[i], timestep),
@@ -222,3 +232,13 @@ class ImageObjective:
             )
             for i in chosen
         ]
+
+    def _conditioning(self, stems: Sequence[int], prompt: str) -> Conditioning:
+        """`prompt` for every batch element, after the caption of its stem when there are captions."""
+        resolution = self.entry.resolution
+        ids = time_ids(resolution, resolution).expand(1, -1)  # (1, 6)
+        if self.pairs.captions is None:
+            return conditioning(self.embeddings, prompt, ids.expand(len(stems), -1))
+        return Conditioning.cat(
+            [conditioning(self.embeddings, pair_prompt(self.pairs.captions[j], prompt), ids) for j in stems]
+        )

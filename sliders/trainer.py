@@ -26,7 +26,7 @@ from .data import LatentSource, PairedFolders
 from .errors import InputError, TrainingError
 from .models import DTYPES, encode_prompts, load_pipeline, make_scheduler, predict_noise, vae_factor
 from .network import SliderNetwork
-from .objectives import ImageObjective, TextObjective
+from .objectives import ImageObjective, TextObjective, image_prompts
 from .prompts import PromptEntry, distinct_prompts
 
 logger = logging.getLogger(__name__)
@@ -262,7 +262,7 @@ def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.d
 
 def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, device: torch.device):
     """Models, network, cached latents, image objective and file metadata of an image slider."""
-    parts = setup(config, [entry.positive, entry.neutral], device, keep_vae=True)
+    parts = setup(config, image_prompts(pairs, entry), device, keep_vae=True)
     latents = LatentSource(
         pairs, parts.vae, entry.resolution, cache=config.data.cache_latents, seed=config.train.seed, device=device
     )
@@ -279,7 +279,12 @@ def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, devi
         device=device,
         folders_per_step=config.data.folders_per_step,
     )
-    prompts = {"entry": dataclasses.asdict(entry), "folders": list(pairs.folders), "scales": list(pairs.scales)}
+    prompts = {
+        "entry": dataclasses.asdict(entry),
+        "folders": list(pairs.folders),
+        "scales": list(pairs.scales),
+        "captions": pairs.captions is not None,
+    }
     return parts, objective, slider_metadata(config, entry.resolution, prompts)
 
 

@@ -127,6 +127,24 @@ def test_train_images_symmetric_and_multiscale(image_root, tmp_path):
         assert (folder / f"{name}_last.safetensors").is_file() and (folder / "config.yaml").is_file()
     _, metadata = read_slider_file(out / "multi_alpha1.0_rank4_noxattn" / "multi_last.safetensors")
     assert '"scales": [0.67, 1.0, 1.3]' in metadata["sliders_prompts"]
+    assert '"captions": false' in metadata["sliders_prompts"]
+
+
+def test_train_images_with_captions(image_root, tmp_path, capsys):
+    argv = ["--folder_main", str(image_root), "--folders", "low,high", "--scales=-1,1", "--iterations", "1",
+            "--resolution", "64", "--device", "cpu", "--output_dir", str(tmp_path / "out"),
+            "--pretrained_model", "builtin:tiny-sdxl", "--name", "cap", "--captions"]
+    assert train_images_main(argv) == 2  # no caption files yet: one line naming the first missing one
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ".txt' for image name" in err and not (tmp_path / "out").exists()
+    stems = sorted({p.stem for p in (image_root / "low").iterdir()})
+    for stem in stems:
+        (image_root / f"{stem}.txt").write_text(f"picture {stem}", encoding="utf-8")
+    assert train_images_main(argv) == 0
+    folder = tmp_path / "out" / "cap_alpha1.0_rank4_noxattn"
+    _, metadata = read_slider_file(folder / "cap_last.safetensors")
+    assert '"captions": true' in metadata["sliders_prompts"]
+    assert "captions: true" in (folder / "config.yaml").read_text()
 
 
 def test_sample_after_train(text_config, tmp_path, capsys):

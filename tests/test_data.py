@@ -204,6 +204,33 @@ def test_empty_folders_list(tmp_path):
     assert "empty" in _error(tmp_path, [], [])
 
 
+def test_captions_read_per_stem_in_stem_order(tmp_path):
+    _make_set(tmp_path)
+    for stem, text in (("a", "a red circle\n"), ("b", "  a blue\n square "), ("c", "a cat")):
+        (tmp_path / f"{stem}.txt").write_text(text, encoding="utf-8")
+    pairs = scan_pairs(tmp_path, ["low", "high"], [-1, 1], captions=True)
+    assert pairs.stems == ("a", "b", "c")
+    assert pairs.captions == ("a red circle", "a blue square", "a cat")  # whitespace folded to one line
+    assert scan_pairs(tmp_path, ["low", "high"], [-1, 1]).captions is None  # off unless asked
+
+
+@pytest.mark.parametrize(
+    "write, expected",
+    [
+        ({"a": "x", "b": "y"}, "caption file '.*c.txt' for image name 'c' does not exist.*turn data.captions off"),
+        ({"a": "x", "b": "y", "c": " \n "}, "caption file '.*c.txt' is empty"),
+        ({"a": "x", "b": "y", "c": b"\xff\xfe\x00bad"}, "caption file '.*c.txt' cannot be read as UTF-8"),
+    ],
+)
+def test_caption_problems_name_the_file(tmp_path, write, expected):
+    _make_set(tmp_path)
+    for stem, text in write.items():
+        path = tmp_path / f"{stem}.txt"
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=expected):
+        scan_pairs(tmp_path, ["low", "high"], [-1, 1], captions=True)
+
+
 # --------------------------------------------------------------------------------------------------
 # load_image
 # --------------------------------------------------------------------------------------------------

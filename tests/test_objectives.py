@@ -1,5 +1,6 @@
 """The slider objectives against the formulas of the paper, on hand-made tensors and the tiny model."""
 
+import dataclasses
 import random
 
 import numpy as np
@@ -17,7 +18,9 @@ from sliders.objectives import (
     choose_folders,
     draw_size,
     guided_target,
+    image_prompts,
     is_symmetric,
+    pair_prompt,
 )
 from sliders.prompts import make_entry
 
@@ -225,3 +228,36 @@ def test_cached_and_uncached_latents_give_the_same_loss(tiny_pipe, image_setup, 
             total += float(torch.nn.functional.mse_loss(pred, term.target))
         losses.append(total)
     assert losses[0] == losses[1]
+
+
+def test_captions_condition_each_batch_element_on_its_pair(tiny_pipe, image_setup):
+    root, folders, entry, _ = image_setup
+    for stem, text in (("a", "a red circle"), ("b", "a blue square"), ("c", "a green triangle")):
+        (root / f"{stem}.txt").write_text(text, encoding="utf-8")
+    pairs = scan_pairs(root, folders[:2], [-1.0, 1.0], captions=True)
+    entry = dataclasses.replace(entry, batch_size=4)
+    prompts = image_prompts(pairs, entry)
+    assert "a blue square, large circle" in prompts and "a green triangle, small circle" in prompts
+    assert len(prompts) == 6
+    embeddings = encode_prompts([tiny_pipe.tokenizer, tiny_pipe.tokenizer_2],
+                                [tiny_pipe.text_encoder, tiny_pipe.text_encoder_2], prompts)
+    latents = LatentSource(pairs, tiny_pipe.vae, entry.resolution, seed=0)
+    objective = ImageObjective(pairs, latents, entry, embeddings, make_scheduler("ddim"), max_denoising_steps=50,
+                               device=torch.device("cpu"))
+    rng = random.Random(3)
+    low, high = objective.step(rng, torch.Generator().manual_seed(3))
+    replay = random.Random(3)
+    choose_folders(pairs.scales, replay)
+    stems = [replay.randrange(3) for _ in range(4)]
+    assert len(set(stems)) > 1  # the check below must see different captions in one batch
+    for b, j in enumerate(stems):
+        caption = pairs.captions[j]
+        assert torch.equal(low.cond.embeds[b], embeddings[pair_prompt(caption, entry.neutral)][0])
+        assert torch.equal(high.cond.pooled[b], embeddings[pair_prompt(caption, entry.positive)][1])
+    assert low.multiplier == -1.0 and high.multiplier == 1.0
+
+
+def test_pair_prompt_joins_present_parts():
+    assert pair_prompt("a red circle", "") == "a red circle"
+    assert pair_prompt(None, "large circle") == "large circle"
+    assert pair_prompt("a photo of a man", "smiling") == "a photo of a man, smiling"

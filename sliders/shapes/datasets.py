@@ -2,8 +2,11 @@
 
 Each stem is one scene (shape, colour, position) drawn at a size that grows with the folder's
 slider scale: `size = base * GROWTH ** scale`. Two layouts: `symmetric` (folders `smaller` and
-`larger` at scales -1 and 1, the paper's low/high pairs) and `multiscale` (`base_one_minus`,
-`base_one`, `base_one_plus`, `base_k` at 0.67, 1, 1.3, 2). Only numpy and Pillow.
+`larger` at scales -1 and 1, the paper's low/high pairs, around a base in the "medium" size range,
+so the pair spans "small" to "large") and `multiscale` (`base_one_minus`, `base_one`,
+`base_one_plus`, `base_k` at 0.67, 1, 1.3, 2, from a smaller base so that 1.4**2 still fits).
+Beside the folders, `<stem>.txt` holds the caption of the pair without its size, e.g. "a red
+circle" (for `sliders-train-images --captions`). Only numpy and Pillow.
 
     python -m sliders.shapes.datasets --out datasets/shapes-size --count 32 --seed 0
 """
@@ -25,14 +28,20 @@ LAYOUTS = {
     "symmetric": (("smaller", -1.0), ("larger", 1.0)),
     "multiscale": (("base_one_minus", 0.67), ("base_one", 1.0), ("base_one_plus", 1.3), ("base_k", 2.0)),
 }
-BASE_SIZE = (0.10, 0.14)  # the base radius, as a fraction of the resolution
+# The range of the base (scale 0) radius, as a fraction of the resolution. "medium" spans
+# 0.18-0.26 (world.SIZE_RANGE); the largest scaled triangle must stay below 0.34.
+BASE_SIZE = {"symmetric": (0.18, 0.24), "multiscale": (0.10, 0.14)}
 
 
-def scaled_scenes(rng: np.random.Generator, scales: Sequence[float], resolution: int = 64) -> list[Scene]:
-    """One random scene at each scale's size, same shape, colour and centre; all fully inside the image."""
+def scaled_scenes(
+    rng: np.random.Generator, scales: Sequence[float], base_size: tuple[float, float], resolution: int = 64
+) -> list[Scene]:
+    """One random scene at each scale's size, same shape, colour and centre; all fully inside the image.
+
+    The base radius is drawn uniformly in `base_size` (fractions of the resolution)."""
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
     colour = tuple(PALETTE)[int(rng.integers(len(PALETTE)))]
-    base = resolution * rng.uniform(*BASE_SIZE)
+    base = resolution * rng.uniform(*base_size)
     sizes = [base * GROWTH**scale for scale in scales]
     # Place the centre so that the largest version still fits.
     probe = Scene(shape, colour, max(sizes), resolution / 2, resolution / 2, resolution)
@@ -45,7 +54,8 @@ def scaled_scenes(rng: np.random.Generator, scales: Sequence[float], resolution:
 
 
 def write_size_pairs(root: str | Path, layout: str, count: int, seed: int = 0, resolution: int = 64) -> Path:
-    """Write `count` stems into one folder per scale of `layout` under `root/layout`; returns that folder."""
+    """Write `count` stems into one folder per scale of `layout` under `root/layout`, and each stem's
+    caption as `root/layout/<stem>.txt`; returns `root/layout`."""
     folders = LAYOUTS[layout]
     out = Path(root) / layout
     rng = np.random.default_rng(seed)
@@ -53,9 +63,11 @@ def write_size_pairs(root: str | Path, layout: str, count: int, seed: int = 0, r
     for name, _ in folders:
         (out / name).mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        scenes = scaled_scenes(rng, [scale for _, scale in folders], resolution)
+        scenes = scaled_scenes(rng, [scale for _, scale in folders], BASE_SIZE[layout], resolution)
+        stem = f"{index:0{width}d}"
         for (name, _), scene in zip(folders, scenes):
-            render(scene).save(out / name / f"{index:0{width}d}.png")
+            render(scene).save(out / name / f"{stem}.png")
+        (out / f"{stem}.txt").write_text(f"a {scenes[0].colour} {scenes[0].shape}\n", encoding="utf-8")
     return out
 
 
