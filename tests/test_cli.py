@@ -1,5 +1,6 @@
 """End to end: every command and both official-flag shims on the tiny model; every bad input's error."""
 
+import json
 import os
 import subprocess
 import sys
@@ -164,6 +165,21 @@ def test_sample_after_train(text_config, tmp_path, capsys):
     capsys.readouterr()
     assert eval_main(["--slider", str(slider), "--prompt", "circle", "--target", "colour"]) == 2
     assert "colour" in _error_line(capsys)
+    # The baseline's edited prompts from a file, line for line; a count mismatch is one clear line.
+    edited = tmp_path / "edited.txt"
+    edited.write_text("# edited\nlarge circle\n", encoding="utf-8")
+    report_file = tmp_path / "eval_file"
+    code = eval_main(["--slider", str(slider), "--scales=0,1", "--prompt", "circle", "--seeds", "0", "--steps", "2",
+                      "--baseline_prompts_file", str(edited), "--output", str(report_file), "--device", "cpu"])
+    assert code == 0
+    assert json.loads((report_file / "report.json").read_text())["baseline"]["prompts"] == ["large circle"]
+    capsys.readouterr()
+    assert eval_main(["--slider", str(slider), "--prompt", "circle", "--prompt", "square",
+                      "--baseline_prompts_file", str(edited), "--output", str(tmp_path / "e3")]) == 2
+    assert "1 baseline prompts for 2 prompts" in _error_line(capsys) and not (tmp_path / "e3").exists()
+    assert eval_main(["--slider", str(slider), "--prompt", "circle", "--baseline_prompts_file", str(edited),
+                      "--baseline_replace", "circle=large circle", "--output", str(tmp_path / "e4")]) == 2
+    assert "use one way" in _error_line(capsys)
 
 
 @pytest.mark.parametrize(
