@@ -47,6 +47,12 @@ def run_folder(config: Config) -> Path:
 def check_output(config: Config, overwrite: bool) -> Path:
     """Refuse to train over an earlier run's slider unless asked to; checked before any model loads."""
     folder = run_folder(config)
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise InputError(
+                f"'{parent}' is a file, so the run folder '{folder}' cannot be made there; "
+                "choose another --output_dir (save.path) or --name"
+            )
     last = folder / f"{config.save.name}_last.safetensors"
     if last.exists() and not overwrite:
         raise InputError(f"'{last}' already exists; choose another --name or --output_dir, or pass --overwrite")

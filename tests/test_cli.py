@@ -117,6 +117,14 @@ def test_existing_run_is_not_overwritten_without_the_flag(text_config, tmp_path,
     assert "already exists" in _error_line(capsys) and last.read_bytes() == before
 
 
+def test_output_dir_that_is_a_file_is_one_clear_error(text_config, tmp_path, capsys):
+    occupied = tmp_path / "occupied"
+    occupied.write_text("keep me", encoding="utf-8")
+    argv = ["--config", str(text_config), "--iterations", "1", "--device", "cpu", "--output_dir", str(occupied)]
+    assert train_main(argv) == 2
+    assert "is a file" in _error_line(capsys) and occupied.read_text() == "keep me"
+
+
 def test_train_images_symmetric_and_multiscale(image_root, tmp_path):
     out = tmp_path / "img"
     common = ["--folder_main", str(image_root), "--iterations", "2", "--resolution", "64", "--device", "cpu",
