@@ -6,7 +6,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 M=output/models
-EVAL=(--prompts_file configs/shapes/eval-prompts.txt --seeds 0-3 --steps 25 --guidance_scale 5)
+GEN=(--steps 25 --guidance_scale 5)
+EVAL=(--prompts_file configs/shapes/eval-prompts.txt --seeds 0-3 "${GEN[@]}")  # 8 prompts x 4 seeds
+NOSIZE=(--prompts_file configs/shapes/eval-prompts-nosize.txt --seeds 0-3 "${GEN[@]}")
+SQUARES=(--prompts_file configs/shapes/eval-prompts-squares.txt --seeds 0-7 "${GEN[@]}")  # 4 x 8
 colours='red, green, blue, yellow'
 
 train_text() {  # name config [flags...]
@@ -14,10 +17,11 @@ train_text() {  # name config [flags...]
     [ -f "$M/${name}_alpha1.0_rank4_noxattn/${name}_last.safetensors" ] ||
         sliders-train --config "$config" --name "$name" --overwrite "$@"
 }
-train_images() {  # name folder_main folders scales
-    [ -f "$M/$1_alpha1.0_rank4_noxattn/$1_last.safetensors" ] ||
-        sliders-train-images --config configs/shapes/image-size.yaml --name "$1" --folder_main "$2" \
-            --folders "$3" --scales="$4" --resolution 64 --overwrite
+train_images() {  # name folder_main folders scales [flags...]
+    local name=$1 root=$2 folders=$3 scales=$4; shift 4
+    [ -f "$M/${name}_alpha1.0_rank4_noxattn/${name}_last.safetensors" ] ||
+        sliders-train-images --config configs/shapes/image-size.yaml --name "$name" --folder_main "$root" \
+            --folders "$folders" --scales="$scales" --resolution 64 --overwrite "$@"
 }
 slider() { echo "$M/$1_alpha1.0_rank4_noxattn/$1_last.safetensors"; }
 
@@ -38,11 +42,17 @@ if [ "$experiment" = all ] || [ "$experiment" = text ]; then
         --baseline_replace medium=small --output output/eval/text-size-bidirectional
 fi
 if [ "$experiment" = all ] || [ "$experiment" = images ]; then
-    train_images image_symmetric datasets/shapes-size/symmetric smaller,larger -1,1
+    train_images image_symmetric datasets/shapes-size/symmetric smaller,larger -1,1 --captions
     sliders-eval --slider "$(slider image_symmetric)" --scales=-2,-1,0,1,2 --target size "${EVAL[@]}" \
         --baseline_replace medium=large --output output/eval/image-symmetric
+    sliders-eval --slider "$(slider image_symmetric)" --scales=-2,-1,0,1,2 --target size "${NOSIZE[@]}" \
+        --baseline_prompts_file configs/shapes/eval-prompts-nosize-large.txt --output output/eval/image-symmetric-nosize
+    # Why "a medium ..." prompts hide it: the same images without classifier-free guidance.
     sliders-eval --slider "$(slider image_symmetric)" --scales=-2,0,2 --target size "${EVAL[@]}" \
-        --start_noise 1000 --output output/eval/image-symmetric-sn1000
+        --guidance_scale 1 --output output/eval/image-symmetric-guidance1
+    train_images image_symmetric_nocaptions datasets/shapes-size/symmetric smaller,larger -1,1
+    sliders-eval --slider "$(slider image_symmetric_nocaptions)" --scales=-2,-1,0,1,2 --target size \
+        "${NOSIZE[@]}" --output output/eval/image-symmetric-nocaptions
     train_images image_multiscale datasets/shapes-size/multiscale base_one_minus,base_one,base_one_plus,base_k 0.67,1,1.3,2
     sliders-eval --slider "$(slider image_multiscale)" --scales=0,0.67,1,1.3,2 --target size "${EVAL[@]}" \
         --output output/eval/image-multiscale
@@ -50,8 +60,8 @@ fi
 if [ "$experiment" = all ] || [ "$experiment" = composition ]; then
     train_text size_colours configs/shapes/size.yaml --attributes "$colours"
     train_text roundness configs/shapes/roundness.yaml --attributes "$colours"
-    sliders-eval --slider "$(slider roundness)" --scales=-2,-1,0,1,2 --target fill_ratio "${EVAL[@]}" \
-        --output output/eval/roundness
+    sliders-eval --slider "$(slider roundness)" --scales=-2,-1,0,1,2 --target fill_ratio "${SQUARES[@]}" \
+        --baseline_replace square=circle --output output/eval/roundness
     sliders-eval --slider "$(slider size_colours):0,2" --slider "$(slider roundness):0,2" --target size \
-        "${EVAL[@]}" --output output/eval/composition
+        "${SQUARES[@]}" --output output/eval/composition
 fi
