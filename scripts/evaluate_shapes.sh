@@ -67,6 +67,6 @@ if [ "$experiment" = all ] || [ "$experiment" = composition ]; then
     train_text roundness configs/shapes/roundness.yaml --attributes "$colours"
     sliders-eval --slider "$(slider roundness)" --scales=-2,-1,0,1,2 --target fill_ratio "${SQUARES[@]}" \
         --baseline_replace square=circle --output output/eval/roundness
-    sliders-eval --slider "$(slider size_colours):0,2" --slider "$(slider roundness):0,2" --target size \
+    sliders-eval --slider "$(slider size_colours):0,1,2" --slider "$(slider roundness):0,1,2" --target size \
         "${SQUARES[@]}" --output output/eval/composition
 fi
