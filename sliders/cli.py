@@ -129,6 +129,12 @@ def _train(argv: Sequence[str] | None) -> int:
     parser = _Parser(prog="sliders-train", description="Train a text slider from prompt pairs.")
     _common_training_flags(parser)
     parser.add_argument("--attributes", help="preservation attributes, e.g. 'male, female'")
+    parser.add_argument(
+        "--fused_denoising",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fold the slider into the UNet weights for the no-grad partial denoising (train.fused_denoising)",
+    )
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
@@ -137,7 +143,7 @@ def _train(argv: Sequence[str] | None) -> int:
     from .prompts import expand_attributes, load_prompts, parse_attributes
     from .trainer import check_output, train_text_slider
 
-    config = load_config(args.config, _overrides(args))
+    config = load_config(args.config, {**_overrides(args), "train.fused_denoising": args.fused_denoising})
     if not config.prompts_file:
         raise InputError("no prompts file; pass --prompts_file or set prompts_file in the config")
     entries = expand_attributes(load_prompts(config.prompts_file), parse_attributes(args.attributes))

@@ -87,6 +87,7 @@ class TrainConfig:
     max_denoising_steps: int = 50
     seed: int = 0
     bidirectional: bool = False
+    fused_denoising: bool = False
 
 
 @dataclass(frozen=True)

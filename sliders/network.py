@@ -84,6 +84,15 @@ class LoRAModule(nn.Module):
         branch = self._branch(inputs[0].to(self.lora_down.weight.dtype))
         return output + (branch * (self.multiplier * self.scale)).to(output.dtype)
 
+    def weight_delta(self) -> torch.Tensor:
+        """`multiplier * (alpha / rank) * up @ down` in the base layer's weight shape, float32: the change
+        the hook makes to the layer's output, written as a change of its weight."""
+        up = self.lora_up.weight.flatten(1)  # (out, rank)
+        down = self.lora_down.weight.flatten(1)  # (rank, in * kh * kw)
+        return ((up @ down) * (self.multiplier * self.scale)).view(
+            up.shape[0], *self.lora_down.weight.shape[1:]
+        )
+
 
 def _method_allows(method: str, block_name: str, layer: str) -> bool:
     """Whether a training method covers `layer` of the attention/resnet/sampler at `block_name`."""
@@ -233,6 +242,33 @@ class SliderNetwork(nn.Module):
         try:
             yield self
         finally:
+            self.multiplier = previous
+
+    @contextmanager
+    def fused(self) -> Iterator["SliderNetwork"]:
+        """Fold the slider's delta at the current multiplier into the base weights for a no-grad block.
+
+        Inside, each adapted layer computes `(W + delta) x` in one call instead of `W x` plus the hooked
+        branch: the same function with different float rounding (and, for half-precision weights, the
+        delta rounded to the weight's precision). Costs one copy of the adapted layers' weights. On
+        exit the original weight tensors are put back untouched, bit for bit, and the hooks resume.
+        Nest several networks' blocks to fold several sliders; they unwind in reverse order.
+        """
+        originals: dict[str, torch.Tensor] = {}
+        previous = self._multiplier
+        try:
+            with torch.no_grad():
+                if previous != 0 and self.attached:
+                    for key, module in self.loras.items():
+                        weight = self._bases[key].weight
+                        originals[key] = weight.data
+                        delta = module.weight_delta().to(weight.device)
+                        weight.data = (weight.data.float() + delta).to(weight.dtype)
+                        module.multiplier = 0.0
+                yield self
+        finally:
+            for key, data in originals.items():
+                self._bases[key].weight.data = data
             self.multiplier = previous
 
     @property

@@ -9,6 +9,7 @@ paired-image, multi-scale target of SPEC section 3. No optimizer, checkpoint or 
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -127,6 +128,7 @@ class TextObjective:
         factor: int,
         device: torch.device,
         bidirectional: bool = False,
+        fused_denoising: bool = False,
     ):
         if max_denoising_steps < 2:
             raise InputError("train.max_denoising_steps must be at least 2 for text sliders")
@@ -140,6 +142,7 @@ class TextObjective:
         self.channels = unet.config.in_channels
         self.device = device
         self.bidirectional = bidirectional
+        self.fused_denoising = fused_denoising
 
     def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
         entry = rng.choice(self.entries)
@@ -152,7 +155,9 @@ class TextObjective:
         noise = torch.randn(shape, generator=generator).to(self.device)  # (B, C, H/f, W/f)
         self.scheduler.set_timesteps(self.total_steps, device=self.device)
         latents = noise * self.scheduler.init_noise_sigma
-        with self.network.scaled(1.0):
+        # The starting latents need no gradient: with `fused_denoising` the slider is folded into the
+        # weights for these k UNet calls rather than run through its hooks (same function, other rounding).
+        with self.network.scaled(1.0), (self.network.fused() if self.fused_denoising else nullcontext()):
             latents = denoise_to(
                 self.unet, self.scheduler, latents, k, self.total_steps,
                 cond["target"], cond["unconditional"], DENOISE_GUIDANCE, generator,

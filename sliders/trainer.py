@@ -261,6 +261,7 @@ def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.d
         factor=vae_factor(parts.vae),
         device=device,
         bidirectional=config.train.bidirectional,
+        fused_denoising=config.train.fused_denoising,
     )
     metadata = slider_metadata(config, entries[0].resolution, [dataclasses.asdict(e) for e in entries])
     return parts, objective, metadata

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from sliders.cli import eval_main, sample_main, train_images_main, train_main
@@ -106,6 +107,20 @@ def test_training_is_reproducible_from_the_seed(text_config, tmp_path):
         tensors, _ = read_slider_file(tmp_path / "models" / f"{name}_alpha1.0_rank2_noxattn" / f"{name}_last.safetensors")
         results.append(tensors)
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+
+
+def test_fused_denoising_flag_trains_nearly_the_same_slider_and_is_recorded(text_config, tmp_path):
+    results, configs = [], []
+    for name, flag in (("hooked", "--no-fused_denoising"), ("fused", "--fused_denoising")):
+        assert train_main(["--config", str(text_config), "--name", name, "--seed", "7", "--device", "cpu", flag]) == 0
+        folder = tmp_path / "models" / f"{name}_alpha1.0_rank2_noxattn"
+        results.append(read_slider_file(folder / f"{name}_last.safetensors")[0])
+        configs.append(yaml.safe_load((folder / "config.yaml").read_text())["train"]["fused_denoising"])
+    assert configs == [False, True]
+    hooked, fused = results
+    assert any(t.abs().sum() > 0 for k, t in fused.items() if k.endswith("lora_up.weight"))
+    for key in hooked:  # same training up to float rounding in the starting latents
+        torch.testing.assert_close(fused[key], hooked[key], rtol=1e-3, atol=1e-5)
 
 
 def test_existing_run_is_not_overwritten_without_the_flag(text_config, tmp_path, capsys):

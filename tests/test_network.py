@@ -104,6 +104,58 @@ def test_detach_restores_the_unet_bit_for_bit(unet):
     assert all(torch.equal(before_state[k], after_state[k]) for k in before_state)
 
 
+def test_fused_matches_the_hooks_and_restores_the_weights_bit_for_bit(unet):
+    inputs = _inputs(unet)
+    network = SliderNetwork.create(unet, network_type="c3lier", training_method="full", rank=4, alpha=1).attach()
+    _randomise(network, std=0.05)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    base = _out(unet, inputs)
+    network.multiplier = -1.5
+    hooked = _out(unet, inputs)
+    assert not torch.allclose(hooked, base)
+    with network.fused():
+        assert network.multiplier == -1.5
+        assert all(module.multiplier == 0.0 for module in network.loras.values())  # no double counting
+        changed = [k for k in before if not torch.equal(before[k], unet.state_dict()[k])]
+        assert len(changed) == len(network.loras)  # exactly the adapted layers' weights
+        fused = _out(unet, inputs)
+    torch.testing.assert_close(fused, hooked, rtol=1e-4, atol=1e-5)
+    after = unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(_out(unet, inputs), hooked)  # the hooks are back, at the same multiplier
+    with pytest.raises(RuntimeError):
+        with network.fused():
+            raise RuntimeError("boom")
+    assert all(torch.equal(before[k], unet.state_dict()[k]) for k in before)
+    assert torch.equal(_out(unet, inputs), hooked)
+
+
+def test_fused_at_multiplier_zero_or_detached_changes_nothing(unet):
+    inputs = _inputs(unet)
+    base = _out(unet, inputs)
+    network = SliderNetwork.create(unet, network_type="c3lier", training_method="noxattn", rank=2, alpha=1)
+    _randomise(network)
+    with network.scaled(2.0), network.fused():  # not attached: no hooks, no fold
+        assert torch.equal(_out(unet, inputs), base)
+    network.attach()
+    with network.fused():  # multiplier 0
+        assert torch.equal(_out(unet, inputs), base)
+
+
+def test_two_fused_sliders_add_like_two_hooked_ones(unet):
+    inputs = _inputs(unet)
+    a = SliderNetwork.create(unet, network_type="c3lier", training_method="full", rank=2, alpha=1).attach()
+    b = SliderNetwork.create(unet, network_type="lierla", training_method="full", rank=2, alpha=1).attach()
+    _randomise(a, std=0.05, seed=1)
+    _randomise(b, std=0.05, seed=2)
+    a.multiplier, b.multiplier = 1.5, -2.0
+    hooked = _out(unet, inputs)
+    with a.fused(), b.fused():
+        fused = _out(unet, inputs)
+    torch.testing.assert_close(fused, hooked, rtol=1e-4, atol=1e-5)
+    assert torch.equal(_out(unet, inputs), hooked)
+
+
 def _names(unet, network_type, method):
     return [name for name, _ in select_targets(unet, network_type, method)]
 

@@ -144,6 +144,22 @@ def test_bidirectional_adds_the_mirrored_term(text_setup):
     assert not torch.allclose(plus.target, minus.target)
 
 
+def test_fused_denoising_gives_the_same_step_up_to_rounding(text_setup):
+    entry, embeddings, unet, network, factor = text_setup
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    hooked = _objective(text_setup).step(random.Random(4), torch.Generator().manual_seed(4))[0]
+    fused = _objective(text_setup, fused_denoising=True).step(random.Random(4), torch.Generator().manual_seed(4))[0]
+    torch.testing.assert_close(fused.latents, hooked.latents, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused.target, hooked.target, rtol=1e-4, atol=1e-4)
+    # The slider does act on the denoising (the comparison is not between two no-ops).
+    network.detach()
+    plain = _objective(text_setup).step(random.Random(4), torch.Generator().manual_seed(4))[0]
+    network.attach()
+    assert (plain.latents - hooked.latents).abs().max() > 100 * (fused.latents - hooked.latents).abs().max()
+    assert all(torch.equal(before[k], unet.state_dict()[k]) for k in before)
+    assert network.multiplier == 0.0 and all(m.multiplier == 0.0 for m in network.loras.values())
+
+
 def test_text_step_is_reproducible_from_the_seed(text_setup):
     objective = _objective(text_setup)
     a = objective.step(random.Random(5), torch.Generator().manual_seed(5))[0]
