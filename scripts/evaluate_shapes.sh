@@ -50,11 +50,6 @@ if [ "$experiment" = all ] || [ "$experiment" = images ]; then
     # Why "a medium ..." prompts hide it: the same images without classifier-free guidance.
     sliders-eval --slider "$(slider image_symmetric)" --scales=-2,0,2 --target size "${EVAL[@]}" \
         --guidance_scale 1 --output output/eval/image-symmetric-guidance1
-    train_images image_symmetric_1000 datasets/shapes-size/symmetric smaller,larger -1,1 --captions --iterations 1000
-    sliders-eval --slider "$(slider image_symmetric_1000)" --scales=-2,-1,0,1,2 --target size "${NOSIZE[@]}" \
-        --baseline_prompts_file configs/shapes/eval-prompts-nosize-large.txt --output output/eval/image-symmetric-1000-nosize
-    sliders-eval --slider "$(slider image_symmetric_1000)" --scales=-2,-1,0,1,2 --target size "${EVAL[@]}" \
-        --baseline_replace medium=large --output output/eval/image-symmetric-1000
     train_images image_symmetric_nocaptions datasets/shapes-size/symmetric smaller,larger -1,1
     sliders-eval --slider "$(slider image_symmetric_nocaptions)" --scales=-2,-1,0,1,2 --target size \
         "${NOSIZE[@]}" --output output/eval/image-symmetric-nocaptions

@@ -6,7 +6,7 @@ from PIL import Image
 from sliders.data import scan_pairs
 from sliders.shapes.datasets import LAYOUTS, write_size_pairs
 from sliders.shapes.measure import measure
-from sliders.shapes.world import size_word
+from sliders.shapes.world import SIZE_RANGE, size_word
 
 
 def test_every_layout_is_a_valid_pair_set_ordered_by_scale(tmp_path):
@@ -34,12 +34,16 @@ def test_generation_is_deterministic(tmp_path):
         assert path.read_bytes() == (b / path.relative_to(a)).read_bytes()
 
 
-def test_symmetric_pair_spans_small_to_large_around_medium(tmp_path):
-    root = write_size_pairs(tmp_path, "symmetric", count=16, seed=2)
+def test_symmetric_folders_together_cover_the_worlds_size_range(tmp_path):
+    root = write_size_pairs(tmp_path, "symmetric", count=32, seed=0)
     pairs = scan_pairs(root, ["smaller", "larger"], [-1, 1])
     low, high = (
-        np.mean([measure(Image.open(pairs.path(i, j))).size for j in range(16)]) for i in range(2)
+        np.array([measure(Image.open(pairs.path(i, j))).size for j in range(32)]) for i in range(2)
     )
-    # Geometric middle of the pair = the base radius, inside "medium" (0.18-0.26 of 64 px).
-    assert 0.18 * 64 < np.sqrt(low * high) < 0.26 * 64
-    assert size_word(low, 64) == "small" and size_word(high, 64) == "large"
+    # Each pair is one scene at base / 1.4 and base * 1.4 (measured within rendering tolerance).
+    np.testing.assert_allclose(high / low, 1.4**2, rtol=0.03)
+    # Together the folders reach both ends of the world's 0.10-0.34 range, and never leave it, so
+    # the slider has somewhere to take a shape the model draws small or large.
+    lo, hi = SIZE_RANGE[0] * 64, SIZE_RANGE[1] * 64
+    assert lo - 0.2 < low.min() < lo + 1.5 and hi - 1.5 < high.max() < hi + 0.2
+    assert size_word(float(low.mean()), 64) == "small" and size_word(float(high.mean()), 64) == "large"

@@ -2,8 +2,8 @@
 
 Each stem is one scene (shape, colour, position) drawn at a size that grows with the folder's
 slider scale: `size = base * GROWTH ** scale`. Two layouts: `symmetric` (folders `smaller` and
-`larger` at scales -1 and 1, the paper's low/high pairs, around a base in the "medium" size range,
-so the pair spans "small" to "large") and `multiscale` (`base_one_minus`, `base_one`,
+`larger` at scales -1 and 1, the paper's low/high pairs, from a base between "small" and
+"medium", so the two folders together span the world's whole size range) and `multiscale` (`base_one_minus`, `base_one`,
 `base_one_plus`, `base_k` at 0.67, 1, 1.3, 2, from a smaller base so that 1.4**2 still fits).
 Beside the folders, `<stem>.txt` holds the caption of the pair without its size, e.g. "a red
 circle" (for `sliders-train-images --captions`). Only numpy and Pillow.
@@ -28,9 +28,11 @@ LAYOUTS = {
     "symmetric": (("smaller", -1.0), ("larger", 1.0)),
     "multiscale": (("base_one_minus", 0.67), ("base_one", 1.0), ("base_one_plus", 1.3), ("base_k", 2.0)),
 }
-# The range of the base (scale 0) radius, as a fraction of the resolution. "medium" spans
-# 0.18-0.26 (world.SIZE_RANGE); the largest scaled triangle must stay below 0.34.
-BASE_SIZE = {"symmetric": (0.18, 0.24), "multiscale": (0.10, 0.14)}
+# The range of the base (scale 0) radius, as a fraction of the resolution; world.SIZE_RANGE is
+# 0.10-0.34 ("medium" 0.18-0.26). Symmetric: 0.14-0.24, so that the two folders together cover the
+# whole range the model draws (smaller 0.10-0.17, larger 0.20-0.34): an image slider pulls towards
+# the sizes its folders hold, and a shape already outside them barely moves (EVALUATION.md).
+BASE_SIZE = {"symmetric": (0.14, 0.24), "multiscale": (0.10, 0.14)}
 
 
 def scaled_scenes(
