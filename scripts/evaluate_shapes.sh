@@ -11,6 +11,7 @@ EVAL=(--prompts_file configs/shapes/eval-prompts.txt --seeds 0-3 "${GEN[@]}")  #
 NOSIZE=(--prompts_file configs/shapes/eval-prompts-nosize.txt --seeds 0-3 "${GEN[@]}")
 SQUARES=(--prompts_file configs/shapes/eval-prompts-squares.txt --seeds 0-7 "${GEN[@]}")  # 4 x 8
 colours='red, green, blue, yellow'
+sized_colours='small red, small green, small blue, small yellow, medium red, medium green, medium blue, medium yellow, large red, large green, large blue, large yellow'
 
 train_text() {  # name config [flags...]
     local name=$1 config=$2; shift 2
@@ -64,4 +65,10 @@ if [ "$experiment" = all ] || [ "$experiment" = composition ]; then
         --baseline_replace square=circle --output output/eval/roundness
     sliders-eval --slider "$(slider size_colours):0,1,2" --slider "$(slider roundness):0,1,2" --target size \
         "${SQUARES[@]}" --output output/eval/composition
+    # Roundness with size as well as colour preservation attributes: does it compose better?
+    train_text roundness_sizes configs/shapes/roundness.yaml --attributes "$sized_colours"
+    sliders-eval --slider "$(slider roundness_sizes)" --scales=-2,-1,0,1,2 --target fill_ratio "${SQUARES[@]}" \
+        --baseline_replace square=circle --output output/eval/roundness-sizes
+    sliders-eval --slider "$(slider size_colours):0,1,2" --slider "$(slider roundness_sizes):0,1,2" --target size \
+        "${SQUARES[@]}" --output output/eval/composition-roundness-sizes
 fi
