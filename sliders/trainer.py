@@ -269,6 +269,9 @@ def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.d
 
 def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, device: torch.device):
     """Models, network, cached latents, image objective and file metadata of an image slider."""
+    if config.train.fused_denoising:
+        logger.warning("train.fused_denoising has no effect on image sliders: they train on noised images, "
+                       "with no partial denoising to fold the slider into")
     parts = setup(config, image_prompts(pairs, entry), device, keep_vae=True)
     latents = LatentSource(
         pairs, parts.vae, entry.resolution, cache=config.data.cache_latents, seed=config.train.seed, device=device

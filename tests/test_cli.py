@@ -154,6 +154,18 @@ def test_train_images_symmetric_and_multiscale(image_root, tmp_path):
     assert '"captions": false' in metadata["sliders_prompts"]
 
 
+def test_image_sliders_say_that_fused_denoising_does_not_apply(image_root, tmp_path, caplog):
+    config = tmp_path / "image.yaml"
+    config.write_text("train:\n  fused_denoising: true\n  precision: fp32\n")
+    argv = ["--config", str(config), "--folder_main", str(image_root), "--folders", "low,high", "--scales=-1,1",
+            "--iterations", "1", "--resolution", "64", "--device", "cpu", "--output_dir", str(tmp_path / "out"),
+            "--pretrained_model", "builtin:tiny-sdxl", "--name", "img"]
+    with caplog.at_level("WARNING", logger="sliders.trainer"):
+        assert train_images_main(argv) == 0
+    assert any("fused_denoising has no effect on image sliders" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "out" / "img_alpha1.0_rank4_noxattn" / "img_last.safetensors").is_file()
+
+
 def test_train_images_with_captions(image_root, tmp_path, capsys):
     argv = ["--folder_main", str(image_root), "--folders", "low,high", "--scales=-1,1", "--iterations", "1",
             "--resolution", "64", "--device", "cpu", "--output_dir", str(tmp_path / "out"),
