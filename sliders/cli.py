@@ -228,6 +228,8 @@ def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: st
     parser.add_argument("--resolution", type=int, help="image size (default: the slider's training resolution)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="model dtype")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU index")
+    parser.add_argument("--fused", action="store_true",
+                        help="fold the sliders into the UNet weights while they are on (faster; same images up to rounding)")
     parser.add_argument("--output", default=output, help=f"output folder (default: {output})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
 
@@ -243,6 +245,7 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "resolution": args.resolution,
         "negative_prompt": args.negative_prompt,
+        "fused": args.fused,
     }
 
 

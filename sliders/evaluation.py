@@ -475,6 +475,7 @@ def _evaluate(
     negative_prompt: str,
     slider_names: Sequence[str] | None,
     slider_paths: Sequence[str | Path] | None,
+    fused: bool = False,
 ) -> tuple[dict, list[Sample], list[Sample]]:
     """`evaluate`, also returning the slider samples (reference included) and the baseline samples."""
     started = time.perf_counter()
@@ -492,7 +493,7 @@ def _evaluate(
     lists = [check_scales(scales, f"scales of slider {name}") for name, scales in zip(names, scale_lists)]
     baseline_prompts = _check_baseline_prompts(baseline_prompts, prompts)
     settings = dict(start_noise=start_noise, steps=steps, guidance_scale=guidance_scale, height=height, width=width,
-                    negative_prompt=negative_prompt)
+                    negative_prompt=negative_prompt, fused=fused)
     zeros = [(0.0,)] * len(sliders)
 
     samples = generate(pipe, sliders, lists, prompts, seeds, **settings)
@@ -561,6 +562,7 @@ def evaluate(
     negative_prompt: str = "",
     slider_names: Sequence[str] | None = None,
     slider_paths: Sequence[str | Path] | None = None,
+    fused: bool = False,
 ) -> dict:
     """Generate every prompt x seed x scale combination, measure each image and return the report.
 
@@ -575,7 +577,7 @@ def evaluate(
         pipe, sliders, scale_lists, prompts, seeds, measurer=measurer, target=target,
         baseline_prompts=baseline_prompts, start_noise=start_noise, steps=steps, guidance_scale=guidance_scale,
         height=height, width=width, negative_prompt=negative_prompt, slider_names=slider_names,
-        slider_paths=slider_paths,
+        slider_paths=slider_paths, fused=fused,
     )
     return report
 
@@ -634,6 +636,7 @@ def report_markdown(report: Mapping) -> str:
         f"{settings['guidance_scale']:g}, start_noise {settings['start_noise']:g}, "
         f"{settings['width']}x{settings['height']}"
         + (f", base model `{settings['base_model']}`" if settings.get("base_model") else "")
+        + (", sliders fused into the weights" if settings.get("fused") else "")
         + ".",
         f"Reference: every multiplier 0, {settings['reference']}. Change and kept are against the reference "
         "image of the same prompt and seed.",
@@ -934,6 +937,7 @@ def run_evaluation(
     resolution: int | None = None,
     negative_prompt: str = "",
     images: bool = False,
+    fused: bool = False,
 ) -> dict[str, Path]:
     """Validate everything, load the base model and sliders once, evaluate and write the report.
 
@@ -975,6 +979,7 @@ def run_evaluation(
             baseline_prompts=baseline_prompts, start_noise=plan.start_noise, steps=plan.steps,
             guidance_scale=plan.guidance_scale, height=plan.resolution, width=plan.resolution,
             negative_prompt=plan.negative_prompt, slider_names=names, slider_paths=[spec.path for spec in plan.specs],
+            fused=fused,
         )
 
     report["settings"].update(

@@ -11,6 +11,7 @@ The switch goes through the pipeline's public `callback_on_step_end`; no diffuse
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -239,16 +240,39 @@ def _first_timestep(scheduler, steps: int) -> float:
     return float(schedule.timesteps[0])
 
 
-def _switch_callback(sliders: Sequence[SliderNetwork], scales: Sequence[float], start_noise: float):
-    """A `callback_on_step_end` that sets the multipliers for the step after step i."""
+def _switch_callback(
+    sliders: Sequence[SliderNetwork],
+    scales: Sequence[float],
+    start_noise: float,
+    fuse: contextlib.ExitStack | None = None,
+):
+    """A `callback_on_step_end` that sets the multipliers for the step after step i.
+
+    With `fuse` (a stack the caller closes after the pipeline call) the sliders are folded into the
+    UNet weights when they switch on, instead of running through their hooks.
+    """
 
     def on_step_end(pipeline, i: int, t, callback_kwargs: dict) -> dict:
         timesteps = pipeline.scheduler.timesteps
         if i + 1 < len(timesteps):
-            _apply(sliders, multipliers_at(float(timesteps[i + 1]), scales, start_noise))
+            _switch(sliders, multipliers_at(float(timesteps[i + 1]), scales, start_noise), fuse)
         return callback_kwargs
 
     return on_step_end
+
+
+def _switch(sliders: Sequence[SliderNetwork], multipliers: Sequence[float], fuse: contextlib.ExitStack | None) -> None:
+    """Set the multipliers where they change; with `fuse`, fold the sliders in once they are on.
+
+    Within one image the multipliers change once (off above `start_noise`, on below), so a folded
+    slider is not set again before the caller closes `fuse`, which puts the UNet weights back.
+    """
+    if tuple(slider.multiplier for slider in sliders) == tuple(float(m) for m in multipliers):
+        return
+    _apply(sliders, multipliers)
+    if fuse is not None and any(multipliers):
+        for slider in sliders:
+            fuse.enter_context(slider.fused())
 
 
 def generate(
@@ -264,12 +288,15 @@ def generate(
     height: int,
     width: int,
     negative_prompt: str = "",
+    fused: bool = False,
 ) -> list[Sample]:
     """One image per prompt x seed x combination of slider scales (cartesian product of `scale_lists`).
 
     For a prompt and seed every combination starts from the same latents and scheduler noise, so
     images differ only through the sliders. `sliders` must be attached to `pipe.unet`. Ordered by
     prompt, then seed, then combination. Every slider's multiplier is 0 afterwards, also on error.
+    `fused` folds the sliders into the UNet weights for the steps they are on (`SliderNetwork.fused`:
+    the same images up to float rounding, faster); the weights are put back after each image.
     """
     if len(sliders) != len(scale_lists):
         raise ValueError(f"{len(sliders)} sliders but {len(scale_lists)} scale lists; give one list per slider")
@@ -297,24 +324,27 @@ def generate(
             for seed in seeds:
                 latents = initial_latents(seed, channels, height // factor, width // factor)
                 for scales in combinations:
-                    _apply(sliders, multipliers_at(first, scales, start_noise_value))
                     logger.debug("prompt %d seed %d scales %s", prompt_index, seed, scales)
-                    result = pipe(
-                        prompt=prompt,
-                        negative_prompt=negative,
-                        num_inference_steps=steps,
-                        guidance_scale=guidance,
-                        # The pipeline moves latents to its execution device itself (which also
-                        # works with CPU offload); only the dtype must match the UNet's.
-                        latents=latents.clone().to(dtype=dtype),
-                        # Stochastic schedulers draw noise each step; a fresh generator per image
-                        # keeps that noise identical across scales too.
-                        generator=torch.Generator("cpu").manual_seed(seed),
-                        height=height,
-                        width=width,
-                        callback_on_step_end=_switch_callback(sliders, scales, start_noise_value),
-                        output_type="pil",
-                    )
+                    with contextlib.ExitStack() as stack:
+                        fuse = stack if fused else None
+                        _apply(sliders, [0.0] * len(sliders))
+                        _switch(sliders, multipliers_at(first, scales, start_noise_value), fuse)
+                        result = pipe(
+                            prompt=prompt,
+                            negative_prompt=negative,
+                            num_inference_steps=steps,
+                            guidance_scale=guidance,
+                            # The pipeline moves latents to its execution device itself (which also
+                            # works with CPU offload); only the dtype must match the UNet's.
+                            latents=latents.clone().to(dtype=dtype),
+                            # Stochastic schedulers draw noise each step; a fresh generator per image
+                            # keeps that noise identical across scales too.
+                            generator=torch.Generator("cpu").manual_seed(seed),
+                            height=height,
+                            width=width,
+                            callback_on_step_end=_switch_callback(sliders, scales, start_noise_value, fuse),
+                            output_type="pil",
+                        )
                     samples.append(Sample(prompt_index, prompt, seed, tuple(scales), result.images[0]))
     finally:
         _apply(sliders, [0.0] * len(sliders))
@@ -625,6 +655,7 @@ def run_sampling(
     precision: str = "fp32",
     resolution: int | None = None,
     negative_prompt: str = "",
+    fused: bool = False,
 ) -> tuple[list[Path], Path]:
     """Validate everything, load the base model once, sample and write the images and `grid.png`.
 
@@ -651,6 +682,7 @@ def run_sampling(
             height=plan.resolution,
             width=plan.resolution,
             negative_prompt=plan.negative_prompt,
+            fused=fused,
         )
 
     output, names = plan.output, plan.slider_names

@@ -197,6 +197,20 @@ def test_sample_after_train(text_config, tmp_path, capsys):
                       "--device", "cpu"])
     assert code == 0
     assert sorted(p.name for p in report.iterdir()) == ["plot.png", "report.json", "report.md"]
+    # --fused: the same report up to float rounding, and the report says how its images were made.
+    fused = tmp_path / "eval_fused"
+    code = eval_main(["--slider", str(slider), "--scales=-1,0,1", "--prompt", "circle", "--seeds", "0-1",
+                      "--steps", "2", "--baseline_replace", "circle=large circle", "--output", str(fused),
+                      "--device", "cpu", "--fused"])
+    assert code == 0
+    plain_report, fused_report = (json.loads((f / "report.json").read_text()) for f in (report, fused))
+    assert fused_report["settings"]["fused"] is True and plain_report["settings"]["fused"] is False
+    assert "fused into the weights" in (fused / "report.md").read_text()
+    for a, b in zip(plain_report["rows"], fused_report["rows"]):
+        assert a["multipliers"] == b["multipliers"] and a["values"]["colour"] == b["values"]["colour"]
+        assert abs(a["values"]["size"] - b["values"]["size"]) < 0.05
+    assert sample_main(["--slider", str(slider), "--scales", "2", "--prompt", "circle", "--steps", "2",
+                        "--output", str(tmp_path / "fused_samples"), "--device", "cpu", "--fused"]) == 0
     capsys.readouterr()
     assert eval_main(["--slider", str(slider), "--prompt", "circle", "--target", "colour"]) == 2
     assert "colour" in _error_line(capsys)

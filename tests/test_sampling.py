@@ -309,6 +309,53 @@ def test_multipliers_are_zero_after_sampling_and_after_errors(pipe, attached):
     assert [n.multiplier for n in attached] == [0.0, 0.0]
 
 
+@pytest.mark.parametrize("start_noise", [750, 1000])
+def test_fused_sampling_gives_the_hooked_images_and_restores_the_unet(pipe, attached, start_noise):
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    grid = [[-2.0, 0.0, 2.0], [0.0, 1.5]]
+    hooked = _run(pipe, attached, grid, start_noise=start_noise)
+    seen: list[tuple[float, float]] = []  # (slider multiplier, its first LoRA module's) at each UNet call
+
+    def record(module, args, kwargs):
+        seen.append((attached[0].multiplier, next(iter(attached[0].loras.values())).multiplier))
+
+    handle = pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        fused = _run(pipe, attached, grid, start_noise=start_noise, fused=True)
+    finally:
+        handle.remove()
+    assert [s.multipliers for s in fused] == [s.multipliers for s in hooked]
+    for a, b in zip(hooked, fused):
+        assert np.abs(_pixels(a).astype(int) - _pixels(b).astype(int)).max() <= 1  # rounding at most
+    assert not np.array_equal(_pixels(fused[-1]), _pixels(fused[2]))  # the sliders did act
+    # While a slider is on, its hooks are idle (module multiplier 0): the fold does the work.
+    assert (2.0, 0.0) in seen and all(module == 0.0 for _, module in seen)
+    after = pipe.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [n.multiplier for n in attached] == [0.0, 0.0]
+
+
+def test_fused_sampling_restores_the_unet_after_an_error(pipe, attached):
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    calls = []
+
+    def fail_on_third_call(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+
+    handle = pipe.unet.register_forward_pre_hook(fail_on_third_call, with_kwargs=True)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            _run(pipe, attached, [[2.0], [-1.0]], start_noise=1000, fused=True)
+    finally:
+        handle.remove()
+    after = pipe.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [n.multiplier for n in attached] == [0.0, 0.0]
+    assert all(m.multiplier == 0.0 for n in attached for m in n.loras.values())
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
