@@ -246,7 +246,8 @@ class SliderNetwork(nn.Module):
 
     @contextmanager
     def fused(self) -> Iterator["SliderNetwork"]:
-        """Fold the slider's delta at the current multiplier into the base weights for a no-grad block.
+        """Fold the slider's delta at the current multiplier into the base weights, for a block that needs
+        no gradient (the folded weights carry none to the slider).
 
         Inside, each adapted layer computes `(W + delta) x` in one call instead of `W x` plus the hooked
         branch: the same function with different float rounding (and, for half-precision weights, the
@@ -257,15 +258,18 @@ class SliderNetwork(nn.Module):
         originals: dict[str, torch.Tensor] = {}
         previous = self._multiplier
         try:
-            with torch.no_grad():
-                if previous != 0 and self.attached:
+            if previous != 0 and self.attached:
+                # Only the fold itself runs under no_grad: a no_grad held across the yield would,
+                # when the block is left in another grad mode (a pipeline's no_grad ends first),
+                # restore a stale mode and leave gradients off for the whole process.
+                with torch.no_grad():
                     for key, module in self.loras.items():
                         weight = self._bases[key].weight
                         originals[key] = weight.data
                         delta = module.weight_delta().to(weight.device)
                         weight.data = (weight.data.float() + delta).to(weight.dtype)
                         module.multiplier = 0.0
-                yield self
+            yield self
         finally:
             for key, data in originals.items():
                 self._bases[key].weight.data = data

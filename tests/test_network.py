@@ -1,5 +1,6 @@
 """The slider network: no-op when fresh, linear in the multiplier, clean removal, target sets, files."""
 
+import contextlib
 import json
 
 import pytest
@@ -128,6 +129,19 @@ def test_fused_matches_the_hooks_and_restores_the_weights_bit_for_bit(unet):
             raise RuntimeError("boom")
     assert all(torch.equal(before[k], unet.state_dict()[k]) for k in before)
     assert torch.equal(_out(unet, inputs), hooked)
+
+
+def test_fused_leaves_the_grad_mode_as_it_finds_it(unet):
+    network = SliderNetwork.create(unet, network_type="lierla", training_method="full", rank=2, alpha=1).attach()
+    _randomise(network)
+    network.multiplier = 1.0
+    stack = contextlib.ExitStack()
+    with torch.no_grad():  # entered where gradients are off, as inside a pipeline call...
+        stack.enter_context(network.fused())
+    stack.close()  # ...and left where they are on
+    assert torch.is_grad_enabled()
+    with network.fused():
+        assert torch.is_grad_enabled()
 
 
 def test_fused_at_multiplier_zero_or_detached_changes_nothing(unet):

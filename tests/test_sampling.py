@@ -333,6 +333,8 @@ def test_fused_sampling_gives_the_hooked_images_and_restores_the_unet(pipe, atta
     after = pipe.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert [n.multiplier for n in attached] == [0.0, 0.0]
+    # The fold is entered inside the pipeline's no_grad and left after it: gradients stay on.
+    assert torch.is_grad_enabled()
 
 
 def test_fused_sampling_restores_the_unet_after_an_error(pipe, attached):
