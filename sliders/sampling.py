@@ -327,6 +327,8 @@ def generate(
                     logger.debug("prompt %d seed %d scales %s", prompt_index, seed, scales)
                     with contextlib.ExitStack() as stack:
                         fuse = stack if fused else None
+                        # From all-off, so that `_switch` sees a change (and folds) even when the previous
+                        # image ended at the same multipliers.
                         _apply(sliders, [0.0] * len(sliders))
                         _switch(sliders, multipliers_at(first, scales, start_noise_value), fuse)
                         result = pipe(
