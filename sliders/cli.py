@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import sys
-import warnings
 from typing import Callable, Sequence
 
 from .errors import InputError, TrainingError
@@ -73,19 +72,29 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    """Our messages always; what a dependency logs or warns only with -v.
+
+    Called before any heavy import, so what a dependency logs while it is imported (bitsandbytes'
+    kernel notices, say) is already covered. The root logger's level is what every dependency's
+    logger inherits; ours sets its own level, so it alone is heard. Warnings are routed through
+    logging (the `py.warnings` logger), so the same level decides for them.
+    """
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.CRITICAL + 1)
+    logging.captureWarnings(True)
     logger.setLevel(logging.INFO)
     if not verbose:
-        # Third-party import-time and deprecation chatter is not the user's problem.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=UserWarning)
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
-        diffusers_logging.set_verbosity_error()
-        transformers_logging.set_verbosity_error()
+        # diffusers and transformers keep a level and a handler of their own: hand their records to
+        # the root logger instead, at its level.
+        for library in (diffusers_logging, transformers_logging):
+            library.set_verbosity(logging.NOTSET)
+            library.disable_default_handler()
+            library.enable_propagation()
         diffusers_logging.disable_progress_bar()
 
 

@@ -322,3 +322,62 @@ def test_official_shims_accept_the_official_flags(text_config, image_root, tmp_p
     bad = _run_script("trainscripts/textsliders/train_lora_xl.py", ["--config_file", str(tmp_path / "none.yaml")],
                       tmp_path)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def _console(name):
+    """The installed console command `name`, beside this interpreter (the venv's bin folder)."""
+    path = Path(sys.executable).parent / name
+    assert path.is_file(), f"{name} is not installed beside {sys.executable}"
+    return [str(path)]
+
+
+@pytest.mark.parametrize("command", ["sliders-train", "sliders-train-images", "sliders-sample", "sliders-eval",
+                                     "textsliders-shim", "imagesliders-shim"])
+def test_every_command_reports_a_bad_input_in_exactly_one_stderr_line(command, text_config, image_root, tmp_path):
+    """Each bad input gets past the heavy imports (diffusers, transformers, bitsandbytes), whose
+    import-time logging must not reach the terminal: exactly one line, exit 2, nothing written."""
+    garbage = tmp_path / "bad.safetensors"
+    garbage.write_bytes(b"nope")
+    bad_prompts = tmp_path / "bad_prompts.yaml"
+    bad_prompts.write_text("- target: x\n  guidance: 4\n")
+    runs = {
+        "sliders-train": (_console("sliders-train"), ["--config", str(text_config), "--prompts_file", str(bad_prompts)]),
+        "sliders-train-images": (_console("sliders-train-images"),
+                                 ["--folder_main", str(image_root), "--folders", "low,nothere", "--scales", "-1,1",
+                                  "--output_dir", str(tmp_path / "o")]),
+        "sliders-sample": (_console("sliders-sample"), ["--slider", str(garbage), "--prompt", "x",
+                                                        "--output", str(tmp_path / "o")]),
+        "sliders-eval": (_console("sliders-eval"), ["--slider", str(garbage), "--prompt", "x",
+                                                    "--output", str(tmp_path / "o")]),
+        "textsliders-shim": ([sys.executable, str(ROOT / "trainscripts/textsliders/train_lora_xl.py")],
+                             ["--config_file", str(text_config), "--prompts_file", str(bad_prompts)]),
+        "imagesliders-shim": ([sys.executable, str(ROOT / "trainscripts/imagesliders/train_lora-scale-xl.py")],
+                              ["--config_file", str(text_config), "--folder_main", str(image_root),
+                               "--folders", "low,nothere", "--scales", "-1,1"]),
+    }
+    program, args = runs[command]
+    env = {**os.environ, "PYTHONPATH": ""}
+    for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        env.pop(name, None)
+    result = subprocess.run([*program, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not (tmp_path / "o").exists() and not (tmp_path / "models").exists()
+
+
+def test_dependency_logging_is_heard_only_with_verbose(tmp_path):
+    """A dependency's logger (bitsandbytes' import notice, here a stand-in) is silent without -v
+    and heard with it; our own warnings are heard either way."""
+    script = (
+        "import logging, sys, warnings\n"
+        "from sliders.cli import _setup_logging\n"
+        "_setup_logging(sys.argv[1] == 'verbose')\n"
+        "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('dependency notice')\n"
+        "warnings.warn('dependency warning', UserWarning)\n"
+        "logging.getLogger('sliders.trainer').warning('our warning')\n"
+    )
+    quiet = subprocess.run([sys.executable, "-c", script, "quiet"], capture_output=True, text=True, timeout=300)
+    loud = subprocess.run([sys.executable, "-c", script, "verbose"], capture_output=True, text=True, timeout=300)
+    assert quiet.stderr.strip().splitlines() == ["our warning"]
+    assert "dependency notice" in loud.stderr and "dependency warning" in loud.stderr and "our warning" in loud.stderr
