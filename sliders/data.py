@@ -5,7 +5,8 @@ Holds:
     returns a ``PairedFolders`` index (every problem is one ``InputError`` naming folder and file);
   * ``load_image`` - one image as a ``(3, R, R)`` tensor in [-1, 1] (EXIF transposed, RGB,
     shorter-side resize and centre crop);
-  * ``LatentSource`` - the scaled VAE latents of one image, deterministic per image, optionally cached.
+  * ``LatentSource`` - scaled VAE latents of one image, a fresh sample of its posterior on every call
+    (the posterior optionally cached).
 
 Does not hold: prompt handling, the training loop, the choice of which folders form a pair at each
 step, or model loading. Nothing here touches a model or a device at import time.
@@ -13,7 +14,6 @@ step, or model loading. Nothing here touches a model or a device at import time.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import numbers
@@ -409,19 +409,15 @@ def _config_value(config, name: str):
     return value
 
 
-def _sample_seed(seed: int, folder_index: int, stem_index: int) -> int:
-    # A cryptographic hash keeps (seed, folder, stem) triples from colliding the way a linear mix
-    # can, and unlike hash() it does not change between Python processes.
-    digest = hashlib.sha256(f"{int(seed)}:{folder_index}:{stem_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 class LatentSource:
-    """Gives the VAE latents of one image, optionally cached; cached and uncached give identical tensors.
+    """Gives VAE latents of one image: a fresh sample of its posterior on every call, as the official
+    code draws one every step.
 
     ``get`` returns ``(1, C, resolution/f, resolution/f)`` float32 on ``device``:
-    ``(latent_dist.sample(g) - shift_factor) * scaling_factor`` with ``g`` seeded from
-    ``(seed, folder_index, stem_index)``. The image is encoded in the VAE's own dtype and device
+    ``(mean + std * e - shift_factor) * scaling_factor``, where ``mean`` and ``std`` are the image's VAE
+    posterior and ``e`` is drawn from the caller's generator. With ``cache=True`` the posterior's
+    mean and std are kept per image; without, the image is encoded on every call. Either way the
+    same generator state gives the same latents. The image is encoded in the VAE's own dtype and device
     (read from its parameters); ``dtype`` and ``device`` are used for encoding only when the VAE
     has no parameters to read them from.
     """
@@ -433,7 +429,6 @@ class LatentSource:
         resolution: int,
         *,
         cache: bool = True,
-        seed: int = 0,
         device="cpu",
         dtype=torch.float32,
     ) -> None:
@@ -441,10 +436,9 @@ class LatentSource:
         self.vae = vae
         self.resolution = _check_resolution(resolution)
         self.cache = bool(cache)
-        self.seed = int(seed)
         self.device = torch.device(device)
         self.dtype = dtype
-        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
         block_out_channels = _config_value(vae.config, "block_out_channels")
         if block_out_channels:
@@ -471,37 +465,42 @@ class LatentSource:
         if not 0 <= stem_index < len(self.pairs.stems):
             raise IndexError(f"stem_index {stem_index} out of range 0..{len(self.pairs.stems) - 1}")
 
-    def _encode(self, folder_index: int, stem_index: int) -> torch.Tensor:
+    def _encode(self, folder_index: int, stem_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The posterior's mean and std, each ``(1, C, R/f, R/f)`` float32 on ``device``."""
         vae_device, vae_dtype = self._vae_device_dtype()
         image = load_image(self.pairs.path(folder_index, stem_index), self.resolution)
         image = image.unsqueeze(0).to(device=vae_device, dtype=vae_dtype)
-        # The generator must live where the noise is drawn (the VAE's device); seeding it per image
-        # makes the posterior sample the same on every call, so caching cannot change results.
-        generator = torch.Generator(device=vae_device)
-        generator.manual_seed(_sample_seed(self.seed, folder_index, stem_index))
         with torch.no_grad():
-            sample = self.vae.encode(image).latent_dist.sample(generator)
-            shift = _config_value(self.vae.config, "shift_factor")
-            if shift is not None:
-                sample = sample - shift
-            latents = sample * _config_value(self.vae.config, "scaling_factor")
-        return latents.to(device=self.device, dtype=torch.float32)
+            posterior = self.vae.encode(image).latent_dist
+        return (
+            posterior.mean.to(device=self.device, dtype=torch.float32),
+            posterior.std.to(device=self.device, dtype=torch.float32),
+        )
 
-    def get(self, folder_index: int, stem_index: int) -> torch.Tensor:
-        """Latents of ``pairs.path(folder_index, stem_index)``: ``(1, C, R/f, R/f)`` float32 on ``device``."""
-        self._check_index(folder_index, stem_index)
+    def _posterior(self, folder_index: int, stem_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.cache:
             return self._encode(folder_index, stem_index)
         key = (folder_index, stem_index)
-        latents = self._cache.get(key)
-        if latents is None:
-            latents = self._encode(folder_index, stem_index)
-            self._cache[key] = latents
-        # A copy, so a caller's in-place op cannot corrupt later steps.
-        return latents.clone()
+        if key not in self._cache:
+            self._cache[key] = self._encode(folder_index, stem_index)
+        return self._cache[key]
+
+    def get(self, folder_index: int, stem_index: int, generator: torch.Generator) -> torch.Tensor:
+        """A new posterior sample of ``pairs.path(folder_index, stem_index)``: ``(1, C, R/f, R/f)``
+        float32 on ``device``, its noise the next draw of ``generator``."""
+        self._check_index(folder_index, stem_index)
+        mean, std = self._posterior(folder_index, stem_index)
+        # Drawn where the generator lives (the training loop's is on the CPU, like the step's noise)
+        # and then moved, so the sample does not depend on the device or on caching.
+        noise = torch.randn(mean.shape, generator=generator, device=generator.device).to(self.device)
+        sample = mean + std * noise
+        shift = _config_value(self.vae.config, "shift_factor")
+        if shift is not None:
+            sample = sample - shift
+        return sample * _config_value(self.vae.config, "scaling_factor")
 
     def prepare(self) -> None:
-        """With ``cache=True``, encode every image once (call before training); otherwise do nothing."""
+        """With ``cache=True``, encode every posterior once (call before training); otherwise do nothing."""
         if not self.cache:
             return
         total = len(self.pairs.folders) * len(self.pairs.stems)
@@ -510,4 +509,4 @@ class LatentSource:
                 key = (folder_index, stem_index)
                 if key not in self._cache:
                     self._cache[key] = self._encode(folder_index, stem_index)
-        logger.info("cached VAE latents of %d images", total)
+        logger.info("cached the VAE posteriors of %d images", total)

@@ -95,11 +95,16 @@ class LoRAModule(nn.Module):
 
 
 def _method_allows(method: str, block_name: str, layer: str) -> bool:
-    """Whether a training method covers `layer` of the attention/resnet/sampler at `block_name`."""
+    """Whether a training method covers `layer` of the attention/resnet/sampler at `block_name`.
+
+    `noxattn-hspace` is `noxattn` restricted to the mid block (no mid-block cross-attention), as in
+    the official code, which applies the `noxattn` filter to both h-space methods first.
+    """
+    noxattn = "attn2" not in block_name and "time_embed" not in block_name
     if method == "full":
         return True
     if method == "noxattn":
-        return "attn2" not in block_name and "time_embed" not in block_name
+        return noxattn
     if method == "innoxattn":
         return "attn2" not in block_name
     if method == "selfattn":
@@ -109,7 +114,7 @@ def _method_allows(method: str, block_name: str, layer: str) -> bool:
     if method == "xattn-strict":
         return "attn2" in block_name and layer in ("to_q", "to_k", "to_v")
     if method == "noxattn-hspace":
-        return "mid_block" in block_name
+        return noxattn and "mid_block" in block_name
     raise AssertionError(method)
 
 

@@ -215,7 +215,11 @@ class ImageObjective:
         chosen = choose_folders(self.pairs.scales, rng, self.folders_per_step)
         stems = [rng.randrange(len(self.pairs.stems)) for _ in range(self.entry.batch_size)]
         k = draw_step(rng, self.total_steps)
-        clean = {i: torch.cat([self.latents.get(i, s) for s in stems]).to(self.device) for i in chosen}
+        # A fresh posterior sample of every image each step, as the official code draws; from the generator
+        # in a fixed order (chosen folders, then stems), then the noise.
+        clean = {
+            i: torch.cat([self.latents.get(i, s, generator) for s in stems]).to(self.device) for i in chosen
+        }  # each (B, C, H/f, W/f)
         first = clean[chosen[0]]
         noise = torch.randn(first.shape, generator=generator).to(self.device)  # shared by every chosen folder
         self.scheduler.set_timesteps(self.total_steps, device=self.device)

@@ -85,26 +85,31 @@ def _literal(value: str):
     return value
 
 
-def _optional(module: str, package: str, optimizer: str):
+def _optional(module: str, package: str, what: str, install: str | None = None):
+    """Import an optional package chosen by a setting; missing, it is an InputError with the install command."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise InputError(f"optimizer '{optimizer}' needs the package '{package}'; install it with: pip install {package}") from None
+        raise InputError(f"{what} needs the package '{package}'; install it with: pip install {install or package}") from None
 
 
 def make_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float, args: str) -> torch.optim.Optimizer:
     """Optimizer by config name; optional packages are imported only when chosen."""
     kwargs = parse_optimizer_args(args)
+
+    def bnb():
+        return _optional("bitsandbytes", "bitsandbytes", f"optimizer '{name}'", "'sliders[8bit]'")
+
     builders: dict[str, Callable[[], torch.optim.Optimizer]] = {
         "adam": lambda: torch.optim.Adam(params, lr=lr, **kwargs),
         "adamw": lambda: torch.optim.AdamW(params, lr=lr, **kwargs),
-        "adamw8bit": lambda: _optional("bitsandbytes", "bitsandbytes", name).optim.AdamW8bit(params, lr=lr, **kwargs),
-        "adam8bit": lambda: _optional("bitsandbytes", "bitsandbytes", name).optim.Adam8bit(params, lr=lr, **kwargs),
-        "lion8bit": lambda: _optional("bitsandbytes", "bitsandbytes", name).optim.Lion8bit(params, lr=lr, **kwargs),
-        "lion": lambda: _optional("bitsandbytes", "bitsandbytes", name).optim.Lion(params, lr=lr, **kwargs),
-        "prodigy": lambda: _optional("prodigyopt", "prodigyopt", name).Prodigy(params, lr=lr, **kwargs),
-        "dadaptadam": lambda: _optional("dadaptation", "dadaptation", name).DAdaptAdam(params, lr=lr, **kwargs),
-        "dadaptlion": lambda: _optional("dadaptation", "dadaptation", name).DAdaptLion(params, lr=lr, **kwargs),
+        "adamw8bit": lambda: bnb().optim.AdamW8bit(params, lr=lr, **kwargs),
+        "adam8bit": lambda: bnb().optim.Adam8bit(params, lr=lr, **kwargs),
+        "lion8bit": lambda: bnb().optim.Lion8bit(params, lr=lr, **kwargs),
+        "lion": lambda: bnb().optim.Lion(params, lr=lr, **kwargs),
+        "prodigy": lambda: _optional("prodigyopt", "prodigyopt", f"optimizer '{name}'").Prodigy(params, lr=lr, **kwargs),
+        "dadaptadam": lambda: _optional("dadaptation", "dadaptation", f"optimizer '{name}'").DAdaptAdam(params, lr=lr, **kwargs),
+        "dadaptlion": lambda: _optional("dadaptation", "dadaptation", f"optimizer '{name}'").DAdaptLion(params, lr=lr, **kwargs),
     }
     try:
         return builders[name]()
@@ -113,19 +118,28 @@ def make_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float, a
 
 
 def make_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, iterations: int, lr: float):
-    """`constant`, `cosine` (to lr/100), `cosine_with_restarts`, `step`, `linear` (to lr/100)."""
+    """The official code's schedules over `iterations` steps (SPEC section 4).
+
+    `constant`; `cosine` from lr to lr/100 over the run; `cosine_with_restarts` from lr to lr/100 in
+    cycles of T // 10 steps, each twice the last; `step`, lr times 0.999 every T // 100 steps;
+    `linear`, a warm-up from lr/2 to lr over the first T // 100 steps, then lr (the official
+    `LinearLR(factor=0.5)` call fails on current torch; this is what it meant). Periods that round to 0
+    in short runs are 1 step.
+    """
     sched = torch.optim.lr_scheduler
     floor = lr / 100
+    tenth = max(1, iterations // 10)
+    hundredth = max(1, iterations // 100)
     if name == "constant":
         return sched.LambdaLR(optimizer, lambda _: 1.0)
     if name == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=iterations, eta_min=floor)
     if name == "cosine_with_restarts":
-        return sched.CosineAnnealingWarmRestarts(optimizer, T_0=max(1, iterations // 4), eta_min=floor)
+        return sched.CosineAnnealingWarmRestarts(optimizer, T_0=tenth, T_mult=2, eta_min=floor)
     if name == "step":
-        return sched.StepLR(optimizer, step_size=max(1, iterations // 4), gamma=0.5)
+        return sched.StepLR(optimizer, step_size=hundredth, gamma=0.999)
     if name == "linear":
-        return sched.LinearLR(optimizer, start_factor=1.0, end_factor=0.01, total_iters=iterations)
+        return sched.LinearLR(optimizer, start_factor=0.5, end_factor=1.0, total_iters=hundredth)
     raise InputError(f"lr scheduler {name!r} is unknown")
 
 
@@ -268,13 +282,13 @@ def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.d
 
 
 def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, device: torch.device):
-    """Models, network, cached latents, image objective and file metadata of an image slider."""
+    """Models, network, latent source (posteriors cached per data.cache_latents), image objective, metadata."""
     if config.train.fused_denoising:
         logger.warning("train.fused_denoising has no effect on image sliders: they train on noised images, "
                        "with no partial denoising to fold the slider into")
     parts = setup(config, image_prompts(pairs, entry), device, keep_vae=True)
     latents = LatentSource(
-        pairs, parts.vae, entry.resolution, cache=config.data.cache_latents, seed=config.train.seed, device=device
+        pairs, parts.vae, entry.resolution, cache=config.data.cache_latents, device=device
     )
     latents.prepare()
     if config.data.cache_latents:

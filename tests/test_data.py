@@ -377,49 +377,82 @@ def pairs(tmp_path):
     return scan_pairs(tmp_path, ["low", "high"], [-1, 1])
 
 
+def _generator(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _posterior(tiny_vae, pairs, folder_index, stem_index, resolution=16):
+    """The VAE posterior of one image, encoded by hand."""
+    image = load_image(pairs.path(folder_index, stem_index), resolution).unsqueeze(0)
+    with torch.no_grad():
+        return tiny_vae.encode(image).latent_dist
+
+
 def test_latent_shape(tiny_vae, pairs):
     factor = 2 ** (len(tiny_vae.config.block_out_channels) - 1)
     resolution = 16
     source = LatentSource(pairs, tiny_vae, resolution, cache=False)
-    latents = source.get(0, 0)
+    latents = source.get(0, 0, _generator())
     assert latents.shape == (1, tiny_vae.config.latent_channels, resolution // factor, resolution // factor)
     assert latents.dtype == torch.float32
     assert latents.device == torch.device("cpu")
 
 
-def test_cached_equals_uncached_and_repeatable(tiny_vae, pairs):
-    cached = LatentSource(pairs, tiny_vae, 16, cache=True, seed=3)
+def test_every_call_draws_a_fresh_posterior_sample(tiny_vae, pairs):
+    for cache in (True, False):
+        source = LatentSource(pairs, tiny_vae, 16, cache=cache)
+        generator = _generator(3)
+        first = source.get(0, 0, generator)
+        assert not torch.equal(source.get(0, 0, generator), first)
+        assert torch.equal(source.get(0, 0, _generator(3)), first)  # the generator alone decides the sample
+
+
+def test_cached_equals_uncached_for_the_same_generator(tiny_vae, pairs):
+    cached = LatentSource(pairs, tiny_vae, 16, cache=True)
     cached.prepare()
-    uncached = LatentSource(pairs, tiny_vae, 16, cache=False, seed=3)
+    uncached = LatentSource(pairs, tiny_vae, 16, cache=False)
     uncached.prepare()  # a no-op
-    for i in range(2):
-        for j in range(2):
-            first = uncached.get(i, j)
-            assert torch.equal(cached.get(i, j), first)
-            assert torch.equal(uncached.get(i, j), first)
-            assert torch.equal(cached.get(i, j), cached.get(i, j))
+    cached_generator, uncached_generator = _generator(3), _generator(3)
+    for _ in range(2):
+        for i in range(2):
+            for j in range(2):
+                assert torch.equal(cached.get(i, j, cached_generator), uncached.get(i, j, uncached_generator))
+
+
+def test_the_sample_is_drawn_from_the_posterior(tiny_vae, pairs):
+    posterior = _posterior(tiny_vae, pairs, 1, 0)
+    scaling = tiny_vae.config.scaling_factor
+    source = LatentSource(pairs, tiny_vae, 16)
+    # One draw is `(mean + std * e) * scaling` with `e` the generator's next standard normal...
+    generator = _generator(5)
+    noise = torch.randn(posterior.mean.shape, generator=_generator(5))
+    torch.testing.assert_close(source.get(1, 0, generator), (posterior.mean + posterior.std * noise) * scaling)
+    # ...so many draws average to the posterior mean, with its spread.
+    draws = torch.cat([source.get(1, 0, generator) for _ in range(4000)])
+    error = (draws.mean(0) - posterior.mean[0] * scaling).abs()
+    assert bool((error < 5 * posterior.std[0] * scaling / math.sqrt(len(draws))).all())
+    torch.testing.assert_close(draws.std(0), posterior.std[0] * scaling, rtol=0.1, atol=0.0)
 
 
 def test_cache_not_corrupted_by_caller(tiny_vae, pairs):
     source = LatentSource(pairs, tiny_vae, 16)
-    first = source.get(1, 1)
+    first = source.get(1, 1, _generator())
     expected = first.clone()
     first.mul_(0)
-    assert torch.equal(source.get(1, 1), expected)
+    assert torch.equal(source.get(1, 1, _generator()), expected)
 
 
-def test_different_images_and_seeds_differ(tiny_vae, pairs):
+def test_different_images_and_generators_differ(tiny_vae, pairs):
     source = LatentSource(pairs, tiny_vae, 16, cache=False)
-    assert not torch.equal(source.get(0, 0), source.get(0, 1))
-    assert not torch.equal(source.get(0, 0), source.get(1, 0))
-    other_seed = LatentSource(pairs, tiny_vae, 16, cache=False, seed=1)
-    assert not torch.equal(source.get(0, 0), other_seed.get(0, 0))
+    assert not torch.equal(source.get(0, 0, _generator()), source.get(0, 1, _generator()))
+    assert not torch.equal(source.get(0, 0, _generator()), source.get(1, 0, _generator()))
+    assert not torch.equal(source.get(0, 0, _generator()), source.get(0, 0, _generator(1)))
 
 
 def test_latent_formula_with_scaling_and_shift(tiny_vae, pairs):
     # Same encode as LatentSource, done by hand: the shift factor is subtracted before scaling.
     source = LatentSource(pairs, tiny_vae, 16, cache=False)
-    plain = source.get(0, 0)
+    plain = source.get(0, 0, _generator())
     scaling = tiny_vae.config.scaling_factor
 
     class ShiftedConfig(dict):
@@ -429,7 +462,7 @@ def test_latent_formula_with_scaling_and_shift(tiny_vae, pairs):
     shifted_vae.config = ShiftedConfig(dict(tiny_vae.config), shift_factor=0.25)
     shifted_vae.encode = tiny_vae.encode
     shifted_vae.parameters = tiny_vae.parameters
-    shifted = LatentSource(pairs, shifted_vae, 16, cache=False).get(0, 0)
+    shifted = LatentSource(pairs, shifted_vae, 16, cache=False).get(0, 0, _generator())
     assert torch.allclose(shifted, plain - 0.25 * scaling, atol=1e-6)
 
 

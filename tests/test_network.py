@@ -195,6 +195,76 @@ def test_target_sets_follow_the_spec(unet):
     assert _names(unet, "c3lier", "noxattn-hspace-last") == [f"mid_block.resnets.{last}.conv2"]
 
 
+# The official rules, restated on the dotted name of the attention/resnet/sampler block and the layer
+# name inside it, so the expected sets below do not come from the code under test.
+def _noxattn(block, layer):
+    return "attn2" not in block and "time_embed" not in block
+
+
+METHOD_RULES = {
+    "full": lambda block, layer: True,
+    "noxattn": _noxattn,
+    "innoxattn": lambda block, layer: "attn2" not in block,
+    "selfattn": lambda block, layer: "attn1" in block,
+    "xattn": lambda block, layer: "attn2" in block,
+    "xattn-strict": lambda block, layer: "attn2" in block and layer in ("to_q", "to_k", "to_v"),
+    "noxattn-hspace": lambda block, layer: _noxattn(block, layer) and "mid_block" in block,
+}
+
+
+def _expected_layers(unet, network_type, method):
+    """Every Linear/Conv2d inside an Attention (plus, for c3lier, a resnet or sampler) block that the
+    method's rule keeps."""
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.upsampling import Upsample2D
+
+    kinds = (Attention,) if network_type == "lierla" else (Attention, ResnetBlock2D, Downsample2D, Upsample2D)
+    last_mid = f"mid_block.resnets.{len(unet.mid_block.resnets) - 1}"
+    expected = []
+    for block_name, block in unet.named_modules():
+        if not isinstance(block, kinds):
+            continue
+        for layer, module in block.named_modules():
+            if not layer or not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                continue
+            if method == "noxattn-hspace-last":
+                keep = block_name == last_mid and layer == "conv2"
+            else:
+                keep = METHOD_RULES[method](block_name, layer)
+            if keep:
+                expected.append(f"{block_name}.{layer}")
+    return expected
+
+
+def test_every_training_method_has_a_rule(unet):
+    assert set(TRAINING_METHODS) == set(METHOD_RULES) | {"noxattn-hspace-last"}
+    # Every method selects something on a c3lier network of the tiny model, so the comparisons below
+    # are never between two empty sets.
+    assert all(_expected_layers(unet, "c3lier", method) for method in TRAINING_METHODS)
+
+
+@pytest.mark.parametrize("network_type", ["lierla", "c3lier"])
+@pytest.mark.parametrize("method", TRAINING_METHODS)
+def test_training_method_selects_the_official_layer_set(unet, method, network_type):
+    expected = _expected_layers(unet, network_type, method)
+    if not expected:
+        with pytest.raises(InputError, match="selects no layer"):
+            select_targets(unet, network_type, method)
+        return
+    names = _names(unet, network_type, method)
+    assert len(names) == len(set(names))
+    assert set(names) == set(expected)
+
+
+def test_noxattn_hspace_drops_the_mid_block_cross_attention(unet):
+    names = _names(unet, "c3lier", "noxattn-hspace")
+    assert names and all(n.startswith("mid_block") for n in names)
+    assert not any("attn2" in n for n in names)
+    assert any("attn1" in n for n in names) and any("resnets" in n for n in names)
+
+
 def test_empty_selection_is_an_error(unet):
     with pytest.raises(InputError, match="selects no layer"):
         select_targets(unet, "lierla", "noxattn-hspace-last")

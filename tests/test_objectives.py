@@ -197,7 +197,7 @@ def image_setup(tiny_pipe, tmp_path):
 def _image_objective(tiny_pipe, image_setup, scales, cache=True):
     root, folders, entry, embeddings = image_setup
     pairs = scan_pairs(root, folders, scales)
-    latents = LatentSource(pairs, tiny_pipe.vae, entry.resolution, cache=cache, seed=0)
+    latents = LatentSource(pairs, tiny_pipe.vae, entry.resolution, cache=cache)
     latents.prepare()
     scheduler = make_scheduler("ddim")
     objective = ImageObjective(pairs, latents, entry, embeddings, scheduler, max_denoising_steps=50,
@@ -220,8 +220,12 @@ def test_image_step_shares_noise_and_timestep_and_picks_prompts_by_sign(tiny_pip
     k = replay.randint(1, 49)
     scheduler.set_timesteps(50)
     noising = scheduler.timesteps[k]
+    # The generator draws a fresh posterior sample of each chosen folder's image, in folder order, then the noise.
+    generator = torch.Generator().manual_seed(7)
+    clean = [latents.get(i, stem, generator) for i in range(4)]
+    assert torch.equal(terms[0].target, torch.randn(clean[0].shape, generator=generator))
     for i, term in enumerate(terms):
-        expected = scheduler.add_noise(latents.get(i, stem), terms[0].target, noising.repeat(1))
+        expected = scheduler.add_noise(clean[i], terms[0].target, noising.repeat(1))
         torch.testing.assert_close(term.latents, expected)
     assert int(terms[0].timestep) == int(training_timestep(make_scheduler("ddim"), k, 50))
     positive, neutral = embeddings[entry.positive][0], embeddings[entry.neutral][0]
@@ -257,7 +261,7 @@ def test_captions_condition_each_batch_element_on_its_pair(tiny_pipe, image_setu
     assert len(prompts) == 6
     embeddings = encode_prompts([tiny_pipe.tokenizer, tiny_pipe.tokenizer_2],
                                 [tiny_pipe.text_encoder, tiny_pipe.text_encoder_2], prompts)
-    latents = LatentSource(pairs, tiny_pipe.vae, entry.resolution, seed=0)
+    latents = LatentSource(pairs, tiny_pipe.vae, entry.resolution)
     objective = ImageObjective(pairs, latents, entry, embeddings, make_scheduler("ddim"), max_denoising_steps=50,
                                device=torch.device("cpu"))
     rng = random.Random(3)

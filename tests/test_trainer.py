@@ -49,23 +49,88 @@ def test_missing_optional_optimizer_package_names_the_install(monkeypatch):
         make_optimizer("prodigy", [torch.nn.Parameter(torch.ones(2))], 1.0, "")
 
 
-@pytest.mark.parametrize("name", LR_SCHEDULERS)
-def test_lr_schedules(name):
+def test_missing_bitsandbytes_names_the_8bit_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(InputError, match=r"optimizer 'adamw8bit' needs the package 'bitsandbytes'.*sliders\[8bit\]"):
+        make_optimizer("adamw8bit", [torch.nn.Parameter(torch.ones(2))], 1.0, "")
+
+
+def _rates(name, iterations, lr):
+    """The learning rate of each of `iterations` optimizer steps under schedule `name`."""
     param = torch.nn.Parameter(torch.ones(2))
-    optimizer = torch.optim.SGD([param], lr=1.0)
-    schedule = make_lr_scheduler(name, optimizer, 100, 1.0)
+    optimizer = torch.optim.SGD([param], lr=lr)
+    schedule = make_lr_scheduler(name, optimizer, iterations, lr)
     rates = []
-    for _ in range(100):
+    for _ in range(iterations):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
-    assert rates[0] == 1.0
+    return rates
+
+
+def _cosine(lr, position, period):
+    floor = lr / 100
+    return floor + (lr - floor) * (1 + math.cos(math.pi * position / period)) / 2
+
+
+def _assert_rates(rates, expected):
+    assert len(rates) == len(expected)
+    for step, (rate, want) in enumerate(zip(rates, expected)):
+        assert math.isclose(rate, want, rel_tol=1e-6, abs_tol=1e-12), (step, rate, want)
+
+
+@pytest.mark.parametrize("name", LR_SCHEDULERS)
+def test_lr_schedules_stay_between_lr_and_lr_over_100(name):
+    rates = _rates(name, 100, 1.0)
+    assert max(rates) <= 1.0 + 1e-9 and min(rates) >= 0.01 - 1e-9
     if name == "constant":
         assert set(rates) == {1.0}
-    else:
-        assert min(rates) < 1.0 and min(rates) >= 0.01 - 1e-9  # never below lr/100
-    if name in ("cosine", "linear"):
-        assert math.isclose(optimizer.param_groups[0]["lr"], 0.01, rel_tol=1e-6)
+
+
+def test_cosine_schedule_anneals_to_lr_over_100_over_the_run():
+    lr, total = 0.3, 1000
+    _assert_rates(_rates("cosine", total, lr), [_cosine(lr, step, total) for step in range(total)])
+
+
+def test_cosine_with_restarts_schedule_is_the_official_one():
+    # T_0 = T // 10 = 100, T_mult = 2: cycles of 100, 200, 400, ... steps, each from lr to lr/100.
+    lr, total = 0.3, 1000
+    rates = _rates("cosine_with_restarts", total, lr)
+    expected, start, period = [], 0, 100
+    for step in range(total):
+        if step == start + period:
+            start, period = step, period * 2
+        expected.append(_cosine(lr, step - start, period))
+    _assert_rates(rates, expected)
+    assert rates[100] == rates[300] == rates[700] == lr  # the restarts
+    assert rates[99] < lr / 50 and rates[299] < lr / 50
+
+
+def test_step_schedule_is_the_official_one():
+    # Every T // 100 = 10 steps the rate is multiplied by 0.999.
+    lr, total = 0.3, 1000
+    rates = _rates("step", total, lr)
+    _assert_rates(rates, [lr * 0.999 ** (step // 10) for step in range(total)])
+    assert rates[9] == lr and math.isclose(rates[10], lr * 0.999)
+
+
+def test_linear_schedule_warms_up_from_half_the_lr():
+    # The official intent: from lr/2 to lr over the first T // 100 = 10 steps, then constant.
+    lr, total = 0.3, 1000
+    rates = _rates("linear", total, lr)
+    _assert_rates(rates, [lr * (0.5 + 0.05 * min(step, 10)) for step in range(total)])
+    assert math.isclose(rates[0], lr / 2) and all(math.isclose(rate, lr) for rate in rates[10:])
+
+
+@pytest.mark.parametrize("name", LR_SCHEDULERS)
+def test_lr_schedules_survive_runs_shorter_than_their_periods(name):
+    # T // 10 and T // 100 are 0 here; the periods become 1 step.
+    rates = _rates(name, 5, 1.0)
+    assert all(0.01 - 1e-9 <= rate <= 1.0 + 1e-9 for rate in rates)
+    if name == "step":
+        _assert_rates(rates, [0.999**step for step in range(5)])
+    if name == "linear":
+        _assert_rates(rates, [0.5, 1.0, 1.0, 1.0, 1.0])
 
 
 @pytest.fixture
