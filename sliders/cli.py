@@ -95,7 +95,7 @@ def _setup_logging(verbose: bool) -> None:
             library.set_verbosity(logging.NOTSET)
             library.disable_default_handler()
             library.enable_propagation()
-        diffusers_logging.disable_progress_bar()
+            library.disable_progress_bar()  # "Loading weights" and pipeline-component bars
 
 
 def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
@@ -144,6 +144,14 @@ def _train(argv: Sequence[str] | None) -> int:
         default=None,
         help="fold the slider into the UNet weights for the no-grad partial denoising (train.fused_denoising)",
     )
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                        help="the recommended fast options (train.fast): x_k in at most 4 UNet calls")
+    parser.add_argument("--xk_max_steps", type=int,
+                        help="reach each step's starting latents in at most this many UNet calls (train.xk_max_steps)")
+    parser.add_argument("--trajectory_reuse", type=int,
+                        help="one partial-denoising trajectory supplies this many steps (train.trajectory_reuse)")
+    parser.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="recompute UNet activations in the slider's backward (train.gradient_checkpointing)")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
@@ -152,7 +160,14 @@ def _train(argv: Sequence[str] | None) -> int:
     from .prompts import expand_attributes, load_prompts, parse_attributes
     from .trainer import check_output, train_text_slider
 
-    config = load_config(args.config, {**_overrides(args), "train.fused_denoising": args.fused_denoising})
+    config = load_config(args.config, {
+        **_overrides(args),
+        "train.fused_denoising": args.fused_denoising,
+        "train.fast": args.fast,
+        "train.xk_max_steps": args.xk_max_steps,
+        "train.trajectory_reuse": args.trajectory_reuse,
+        "train.gradient_checkpointing": args.gradient_checkpointing,
+    })
     if not config.prompts_file:
         raise InputError("no prompts file; pass --prompts_file or set prompts_file in the config")
     entries = expand_attributes(load_prompts(config.prompts_file), parse_attributes(args.attributes))
@@ -244,6 +259,11 @@ def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: st
 
 
 def _generation_kwargs(args: argparse.Namespace) -> dict:
+    if args.fused and args.precision != "fp32":
+        raise InputError(
+            f"--fused folds the sliders into the UNet weights, which in {args.precision} would round the sliders' "
+            "change away; use --fused with --precision fp32, or leave --fused off"
+        )
     return {
         "output": args.output,
         "start_noise": args.start_noise,

@@ -45,6 +45,8 @@ OPTIMIZERS = (
     "dadaptlion",
 )
 LR_SCHEDULERS = ("constant", "cosine", "cosine_with_restarts", "step", "linear")
+# What `train.fast` sets `train.xk_max_steps` to where the config leaves it unset (EVALUATION.md).
+FAST_XK_MAX_STEPS = 4
 
 # Official configs spell precisions out ("bfloat16"); both spellings mean the same dtype.
 PRECISION_ALIASES = {
@@ -88,6 +90,11 @@ class TrainConfig:
     seed: int = 0
     bidirectional: bool = False
     fused_denoising: bool = False
+    # Fast text-slider options (README "Fast text sliders"); the defaults are the faithful path.
+    fast: bool = False  # the recommended combination: xk_max_steps FAST_XK_MAX_STEPS
+    xk_max_steps: int | None = None  # reach x_k in at most this many UNet calls (DDIM jumps)
+    trajectory_reuse: int = 1  # one partial-denoising trajectory supplies x_k for this many steps
+    gradient_checkpointing: bool = False  # recompute UNet activations in the slider's backward
 
 
 @dataclass(frozen=True)
@@ -265,6 +272,22 @@ def _check(config: Config) -> Config:
     positive("save.per_steps", save.per_steps)
     if config.data.folders_per_step is not None:
         positive("data.folders_per_step", config.data.folders_per_step)
+    positive("train.trajectory_reuse", train.trajectory_reuse)
+    xk_max_steps = train.xk_max_steps
+    if xk_max_steps is None and train.fast:
+        xk_max_steps = FAST_XK_MAX_STEPS
+    if xk_max_steps is not None:
+        positive("train.xk_max_steps", xk_max_steps)
+        if train.noise_scheduler.lower() not in ("ddim", "ddpm"):
+            raise InputError(
+                f"train.xk_max_steps (or train.fast) reaches x_k by DDIM jumps, which needs train.noise_scheduler "
+                f"ddim or ddpm, not {train.noise_scheduler!r}; change the scheduler or drop the fast option"
+            )
+    if train.fused_denoising and precision("train.precision", train.precision) != "fp32":
+        raise InputError(
+            "train.fused_denoising folds the slider into the UNet weights, which in "
+            f"{train.precision} would round the slider's change away; use it with train.precision fp32 or turn it off"
+        )
     if not save.name or any(ch in save.name for ch in "/\\"):
         raise InputError(f"config key 'save.name' must be a plain file name, got {save.name!r}")
     if config.pretrained_model.v2:
@@ -282,6 +305,7 @@ def _check(config: Config) -> Config:
             noise_scheduler=choice("train.noise_scheduler", train.noise_scheduler, NOISE_SCHEDULERS),
             optimizer=choice("train.optimizer", train.optimizer, OPTIMIZERS),
             lr_scheduler=choice("train.lr_scheduler", train.lr_scheduler, LR_SCHEDULERS),
+            xk_max_steps=xk_max_steps,
         ),
         save=dataclasses.replace(save, precision=precision("save.precision", save.precision)),
     )

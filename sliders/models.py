@@ -221,17 +221,91 @@ def denoise_to(
 
     Each step is one batched UNet call on (uncond, cond); the result is float32.
     """
+    return denoise_states(unet, scheduler, latents, [steps], total_steps, cond, uncond, guidance_scale, generator)[steps]
+
+
+@torch.no_grad()
+def denoise_states(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    stops: Sequence[int],
+    total_steps: int,
+    cond: Conditioning,
+    uncond: Conditioning,
+    guidance_scale: float,
+    generator: torch.Generator | None = None,
+) -> dict[int, torch.Tensor]:
+    """{k: latents after the first k steps} for every k in `stops`, from one run of `max(stops)` steps
+    of the `total_steps` schedule (what `denoise_to` gives for each k, from a single trajectory)."""
     scheduler.set_timesteps(total_steps, device=latents.device)
     # Stochastic samplers (DDPM, Euler ancestral) draw from `generator`; deterministic ones take none.
     extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     both = Conditioning.cat([uncond, cond])
     latents = latents.float()
-    for timestep in scheduler.timesteps[:steps]:
+    wanted = set(stops)
+    states = {0: latents} if 0 in wanted else {}
+    for index, timestep in enumerate(scheduler.timesteps[: max(stops)], start=1):
         inputs = scheduler.scale_model_input(torch.cat([latents, latents]), timestep)
         noise_uncond, noise_cond = predict_noise(unet, inputs, timestep, both).float().chunk(2)
         guided = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
         latents = scheduler.step(guided, timestep, latents, **extra).prev_sample
-    return latents
+        if index in wanted:
+            states[index] = latents
+    return states
+
+
+def jump_plan(stops: Sequence[int], max_calls: int) -> list[int]:
+    """Schedule indices a coarse run visits: at most `max_calls` even jumps from 0 to max(stops),
+    plus every stop (each stop costs one more call where it is not already on the way)."""
+    end = max(stops)
+    even = {round(end * i / max_calls) for i in range(max_calls + 1)} if end > max_calls else set(range(end + 1))
+    return sorted(even | set(stops) | {0})
+
+
+@torch.no_grad()
+def denoise_jumps(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    indices: Sequence[int],
+    total_steps: int,
+    cond: Conditioning,
+    uncond: Conditioning,
+    guidance_scale: float,
+) -> dict[int, torch.Tensor]:
+    """{i: latents at schedule index i} for the increasing `indices` (starting at 0), one guided UNet
+    call per jump, each a deterministic DDIM update (eta 0) from timestep `t_a` to `t_b` of the
+    `total_steps` schedule: x0 = (x - sqrt(1 - a_a) eps) / sqrt(a_a), x_b = sqrt(a_b) x0 + sqrt(1 - a_b) eps.
+
+    With jumps of one index this is what DDIMScheduler.step does, so longer jumps reach the same noise
+    level as `denoise_to` in fewer calls, along a coarser path. Needs a scheduler in alpha space
+    (DDIM, DDPM); epsilon or v prediction.
+    """
+    if isinstance(scheduler, SIGMA_SCHEDULERS):
+        raise InputError("coarse partial denoising needs train.noise_scheduler ddim or ddpm")
+    scheduler.set_timesteps(total_steps, device=latents.device)
+    timesteps = scheduler.timesteps
+    alphas = scheduler.alphas_cumprod.to(latents.device, torch.float32)
+    v_pred = scheduler.config.prediction_type == "v_prediction"
+    both = Conditioning.cat([uncond, cond])
+    latents = latents.float()
+    states = {indices[0]: latents}
+    for here, there in zip(indices[:-1], indices[1:]):
+        timestep = timesteps[here]
+        noise_uncond, noise_cond = predict_noise(unet, torch.cat([latents, latents]), timestep, both).float().chunk(2)
+        guided = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+        a_here = alphas[int(timestep)]
+        a_there = alphas[int(timesteps[there])]  # there <= total_steps - 1: never past the schedule
+        if v_pred:
+            x0 = a_here.sqrt() * latents - (1 - a_here).sqrt() * guided
+            eps = a_here.sqrt() * guided + (1 - a_here).sqrt() * latents
+        else:
+            x0 = (latents - (1 - a_here).sqrt() * guided) / a_here.sqrt()
+            eps = guided
+        latents = a_there.sqrt() * x0 + (1 - a_there).sqrt() * eps
+        states[there] = latents
+    return states
 
 
 def training_timestep(scheduler, step: int, total_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:

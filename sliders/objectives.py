@@ -20,7 +20,9 @@ from .errors import InputError
 from .models import (
     Conditioning,
     conditioning,
-    denoise_to,
+    denoise_jumps,
+    denoise_states,
+    jump_plan,
     model_input,
     predict_noise,
     time_ids,
@@ -113,8 +115,27 @@ def draw_time_ids(entry: PromptEntry, height: int, width: int, rng: random.Rando
     return torch.stack(rows)
 
 
+@dataclass
+class _StartPoint:
+    """A training point's starting latents `x_k` and everything drawn with them."""
+
+    entry: PromptEntry
+    k: int
+    cond: dict[str, Conditioning]
+    latents: torch.Tensor  # (B, C, H/f, W/f) float32: x_k
+    made_at: int  # the step whose slider weights generated x_k
+
+
 class TextObjective:
-    """Prompt-pair sliders: the guided noise-difference loss of the paper (SPEC section 2)."""
+    """Prompt-pair sliders: the guided noise-difference loss of the paper (SPEC section 2).
+
+    Faithful by default: every step draws its own entry, noise and `k` and denoises `k` steps with the
+    current slider. Two fast options change where `x_k` comes from (and nothing after it):
+    `xk_max_steps` reaches `x_k`'s noise level in at most that many UNet calls (DDIM jumps along the
+    same schedule, with the current slider); `trajectory_reuse` R lets one trajectory (one entry,
+    one noise) supply `x_k` for R consecutive steps, each with its own `k`, so `x_k` was made by
+    slider weights up to R - 1 steps old.
+    """
 
     def __init__(
         self,
@@ -129,6 +150,8 @@ class TextObjective:
         device: torch.device,
         bidirectional: bool = False,
         fused_denoising: bool = False,
+        xk_max_steps: int | None = None,
+        trajectory_reuse: int = 1,
     ):
         if max_denoising_steps < 2:
             raise InputError("train.max_denoising_steps must be at least 2 for text sliders")
@@ -143,10 +166,23 @@ class TextObjective:
         self.device = device
         self.bidirectional = bidirectional
         self.fused_denoising = fused_denoising
+        self.xk_max_steps = xk_max_steps
+        self.trajectory_reuse = trajectory_reuse
+        self.stats = None  # a RunStats, when the trainer times phases
+        self._queue: list[_StartPoint] = []
+        self._steps = 0
+        self.staleness: list[int] = []  # per step: how many optimizer steps old the x_k weights were
 
-    def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
+    def _phase(self, name: str):
+        return self.stats.phase(name) if self.stats is not None else nullcontext()
+
+    def _refill(self, rng: random.Random, generator: torch.Generator) -> None:
+        """Draw one entry, noise and `trajectory_reuse` values of k; denoise once to every k.
+
+        With one k per trajectory the draws are those of the faithful step, in the same order.
+        """
         entry = rng.choice(self.entries)
-        k = draw_step(rng, self.total_steps)
+        ks = [draw_step(rng, self.total_steps) for _ in range(self.trajectory_reuse)]
         height, width = draw_size(entry, rng)
         ids = draw_time_ids(entry, height, width, rng)
         cond = {role: conditioning(self.embeddings, text, ids) for role, text in zip(
@@ -156,16 +192,29 @@ class TextObjective:
         self.scheduler.set_timesteps(self.total_steps, device=self.device)
         latents = noise * self.scheduler.init_noise_sigma
         # The starting latents need no gradient: with `fused_denoising` the slider is folded into the
-        # weights for these k UNet calls rather than run through its hooks (same function, other rounding).
-        with self.network.scaled(1.0), (self.network.fused() if self.fused_denoising else nullcontext()):
-            latents = denoise_to(
-                self.unet, self.scheduler, latents, k, self.total_steps,
-                cond["target"], cond["unconditional"], DENOISE_GUIDANCE, generator,
-            )
-        timestep = training_timestep(self.scheduler, k, self.total_steps, self.device)
-        inputs = model_input(self.scheduler, latents, timestep)
+        # weights for these UNet calls rather than run through its hooks (same function, other rounding).
+        args = (cond["target"], cond["unconditional"], DENOISE_GUIDANCE)
+        with self._phase("partial_denoising"), self.network.scaled(1.0), (
+            self.network.fused() if self.fused_denoising else nullcontext()
+        ):
+            if self.xk_max_steps is None:
+                states = denoise_states(self.unet, self.scheduler, latents, ks, self.total_steps, *args, generator)
+            else:
+                plan = jump_plan(ks, self.xk_max_steps)
+                states = denoise_jumps(self.unet, self.scheduler, latents, plan, self.total_steps, *args)
+        self._queue = [_StartPoint(entry, k, cond, states[k], self._steps) for k in ks]
+
+    def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
+        if not self._queue:
+            self._refill(rng, generator)
+        point = self._queue.pop(0)
+        self.staleness.append(self._steps - point.made_at)
+        self._steps += 1
+        entry, cond = point.entry, point.cond
+        timestep = training_timestep(self.scheduler, point.k, self.total_steps, self.device)
+        inputs = model_input(self.scheduler, point.latents, timestep)
         batch = entry.batch_size
-        with torch.no_grad(), self.network.scaled(0.0):
+        with self._phase("frozen_predictions"), torch.no_grad(), self.network.scaled(0.0):
             frozen = predict_noise(
                 self.unet,
                 inputs.repeat(3, 1, 1, 1),
@@ -179,6 +228,20 @@ class TextObjective:
             mirrored = guided_target(neutral, positive, unconditional, -entry.sign, entry.guidance_scale)
             terms.append(Term(inputs, timestep, cond["target"], mirrored, -1.0))
         return terms
+
+    def describe(self) -> dict[str, object]:
+        """What the options change in what is learned, with the staleness actually seen (stats.json)."""
+        return {
+            "xk_source": "faithful: k scheduler steps with the current slider"
+            if self.xk_max_steps is None
+            else f"at most {self.xk_max_steps} DDIM jumps to the same noise level, with the current slider",
+            "xk_max_steps": self.xk_max_steps,
+            "trajectory_reuse": self.trajectory_reuse,
+            "xk_staleness_steps_max": max(self.staleness, default=0),
+            "xk_staleness_steps_mean": sum(self.staleness) / max(len(self.staleness), 1),
+            "fused_denoising": self.fused_denoising,
+            "bidirectional": self.bidirectional,
+        }
 
 
 class ImageObjective:

@@ -28,6 +28,7 @@ from .models import DTYPES, encode_prompts, load_pipeline, make_scheduler, predi
 from .network import SliderNetwork
 from .objectives import ImageObjective, TextObjective, image_prompts
 from .prompts import PromptEntry, distinct_prompts
+from .stats import RunStats
 
 logger = logging.getLogger(__name__)
 
@@ -177,10 +178,12 @@ class Setup:
     scheduler: object
     embeddings: dict
     network: SliderNetwork
+    stats: RunStats  # started before the model loads, so its total includes setup
 
 
 def setup(config: Config, prompts: Sequence[str], device: torch.device, *, keep_vae: bool) -> Setup:
     """Load the base model, embed every distinct prompt once, attach a fresh slider network."""
+    stats = RunStats(device)
     dtype = DTYPES[config.train.precision]
     pipe = load_pipeline(config.pretrained_model.name_or_path, dtype=dtype, device="cpu")
     encoders = [pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)]
@@ -188,6 +191,11 @@ def setup(config: Config, prompts: Sequence[str], device: torch.device, *, keep_
     for encoder in encoders:
         encoder.to("cpu")  # the text encoders are not needed again: free the device
     unet = pipe.unet.to(device).requires_grad_(False).eval()
+    if config.train.gradient_checkpointing:
+        # Recompute the UNet's activations during the slider's backward instead of keeping them: less
+        # memory at 1024 px for more compute; the same gradients (the backward runs inside the
+        # multiplier scope, so the recomputation sees the same multiplier).
+        unet.enable_gradient_checkpointing()
     vae = pipe.vae.requires_grad_(False).eval()
     if keep_vae:
         # The SDXL VAE overflows in fp16; encode in fp32 (a few images, once).
@@ -202,7 +210,7 @@ def setup(config: Config, prompts: Sequence[str], device: torch.device, *, keep_
     ).attach()
     scheduler = make_scheduler(config.train.noise_scheduler, config.pretrained_model.v_pred)
     logger.info("slider on %d layers, %d parameters", len(network.loras), sum(p.numel() for p in network.parameters()))
-    return Setup(unet, vae, scheduler, embeddings, network)
+    return Setup(unet, vae, scheduler, embeddings, network, stats)
 
 
 def slider_metadata(config: Config, resolution: int, prompts: object) -> dict[str, str]:
@@ -228,15 +236,23 @@ def train_loop(config: Config, parts: Setup, objective, folder: Path, metadata: 
     save_config(config, folder / "config.yaml")
     loggers = _Loggers(config, folder)
     name, checkpoints, losses = config.save.name, [], []
+    stats = parts.stats
+    stats.attach(unet)
+    objective.stats = stats
+    stats.start_loop()
     bar = tqdm(range(1, config.train.iterations + 1), desc=name, disable=False)
     try:
         for step in bar:
-            loss = _train_step(unet, network, objective.step(rng, generator))
+            terms = objective.step(rng, generator)
+            with stats.phase("slider_forward_backward"):
+                loss = _train_step(unet, network, terms)
             if not math.isfinite(loss):
                 raise TrainingError(f"the loss is {loss} at step {step}; lower train.lr or train in fp32/bf16")
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            with stats.phase("optimizer"):
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            stats.iterations = step
             losses.append(loss)
             lr = optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{loss:.5f}", lr=f"{lr:.2e}")
@@ -246,6 +262,10 @@ def train_loop(config: Config, parts: Setup, objective, folder: Path, metadata: 
                 checkpoints.append(network.save(path, {**metadata, "sliders_step": str(step)}, config.save.precision))
     finally:
         loggers.close()
+        stats.detach()
+        describe = getattr(objective, "describe", None)
+        stats.options = describe() if describe is not None else {}
+        stats.write(folder / "stats.json")
     last = network.save(folder / f"{name}_last.safetensors", {**metadata, "sliders_step": str(config.train.iterations)}, config.save.precision)
     return RunResult(folder, last, checkpoints, losses)
 
@@ -276,6 +296,8 @@ def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.d
         device=device,
         bidirectional=config.train.bidirectional,
         fused_denoising=config.train.fused_denoising,
+        xk_max_steps=config.train.xk_max_steps,
+        trajectory_reuse=config.train.trajectory_reuse,
     )
     metadata = slider_metadata(config, entries[0].resolution, [dataclasses.asdict(e) for e in entries])
     return parts, objective, metadata
@@ -283,9 +305,15 @@ def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.d
 
 def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, device: torch.device):
     """Models, network, latent source (posteriors cached per data.cache_latents), image objective, metadata."""
-    if config.train.fused_denoising:
-        logger.warning("train.fused_denoising has no effect on image sliders: they train on noised images, "
-                       "with no partial denoising to fold the slider into")
+    text_only = [key for key, on in (
+        ("train.fused_denoising", config.train.fused_denoising),
+        ("train.fast", config.train.fast),
+        ("train.xk_max_steps", config.train.xk_max_steps is not None and not config.train.fast),
+        ("train.trajectory_reuse", config.train.trajectory_reuse != 1),
+    ) if on]
+    if text_only:
+        logger.warning("%s has no effect on image sliders: they train on noised images, "
+                       "with no partial denoising to fold the slider into or to shorten", ", ".join(text_only))
     parts = setup(config, image_prompts(pairs, entry), device, keep_vae=True)
     latents = LatentSource(
         pairs, parts.vae, entry.resolution, cache=config.data.cache_latents, device=device

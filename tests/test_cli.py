@@ -312,6 +312,9 @@ def test_official_shims_accept_the_official_flags(text_config, image_root, tmp_p
                        tmp_path)
     assert text.returncode == 0, text.stderr[-2000:]
     assert (tmp_path / "models" / "shim_alpha1.0_rank2_noxattn" / "shim_last.safetensors").is_file()
+    # Loading the model shows no dependency's progress bars ("Loading weights", "Loading pipeline
+    # components") or notices; what is left is ours: the run's bar and our messages.
+    assert "Loading" not in text.stderr and "kernels" not in text.stderr, text.stderr[-2000:]
     image = _run_script("trainscripts/imagesliders/train_lora-scale-xl.py",
                         ["--config_file", str(text_config), "--alpha", "1", "--rank", "2", "--device", "cpu",
                          "--name", "ishim", "--folder_main", str(image_root), "--folders", "low, high",
