@@ -2,8 +2,9 @@
 
 Holds the LoRA module (SPEC section 1), the pure function that chooses which UNet layers a network
 type and training method cover, the network that attaches to a UNet through forward hooks (so the
-base weights are never touched and removal restores the UNet exactly), and save/load as kohya-style
-`.safetensors`. It does not load models or train.
+base weights are never touched and removal restores the UNet exactly), and save/load as
+`.safetensors` in the key formats of `sliders.formats` (reading also the official `.pt` sliders,
+weights only). It does not load models or train.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -30,11 +29,27 @@ from torch.nn import functional as F
 from . import __version__
 from .config import NETWORK_TYPES, TRAINING_METHODS
 from .errors import InputError
+from .files import atomic_path
+from .formats import (
+    DEFAULT_KEY_FORMAT,
+    NAMING_LABELS,
+    NameMap,
+    check_key_format,
+    key_names,
+    parse_tensors,
+    unet_config,
+)
 from .models import DTYPES
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "lora_unet"
+# What a slider file recommends to the UIs that use it, where training recorded nothing else: the
+# paper's SDEdit-style switch (sliders off while the timestep is above 750) and the scales sampled.
+DEFAULT_START_NOISE = 750
+DEFAULT_SCALES = (-2.0, -1.0, 0.0, 1.0, 2.0)
+# Files read as a torch pickle, always with weights_only=True: no code in them runs.
+TORCH_SUFFIXES = (".pt", ".ckpt", ".pth")
 ATTENTION_LAYERS = ("to_q", "to_k", "to_v", "to_out.0")
 RESNET_LAYERS = ("conv1", "conv2", "conv_shortcut", "time_emb_proj")
 SAMPLER_LAYERS = ("conv",)
@@ -57,6 +72,8 @@ class LoRAModule(nn.Module):
             )
             self.lora_up = nn.Conv2d(rank, base.out_channels, 1, 1, bias=False)
         elif isinstance(base, nn.Linear):
+            # Capped like a conv: a rank above either side adds parameters and no expressiveness.
+            rank = min(rank, base.in_features, base.out_features)
             self.lora_down = nn.Linear(base.in_features, rank, bias=False)
             self.lora_up = nn.Linear(rank, base.out_features, bias=False)
         else:
@@ -65,6 +82,9 @@ class LoRAModule(nn.Module):
         alpha = float(alpha) if alpha else float(rank)
         self.register_buffer("alpha", torch.tensor(alpha))
         self.scale = alpha / rank
+        # `multiplier * scale` as a 0-d tensor as well as a float: a compiled UNet reads the tensor,
+        # so a new multiplier changes a value in the graph instead of recompiling it.
+        self.register_buffer("factor", torch.zeros(()), persistent=False)
         self.multiplier = 0.0
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)
@@ -77,12 +97,23 @@ class LoRAModule(nn.Module):
             return F.conv2d(F.conv2d(x, down.weight, None, down.stride, down.padding), up.weight)
         return F.linear(F.linear(x, down.weight), up.weight)
 
+    @property
+    def multiplier(self) -> float:
+        return self._multiplier
+
+    @multiplier.setter
+    def multiplier(self, value: float) -> None:
+        self._multiplier = float(value)
+        self.active = self._multiplier != 0
+        with torch.no_grad():
+            self.factor.fill_(self._multiplier * self.scale)
+
     def hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         # At multiplier 0 the LoRA branch is skipped entirely: the output is the base model's, bit for bit.
-        if self.multiplier == 0:
+        if not self.active:
             return output
         branch = self._branch(inputs[0].to(self.lora_down.weight.dtype))
-        return output + (branch * (self.multiplier * self.scale)).to(output.dtype)
+        return output + (branch * self.factor).to(output.dtype)
 
     def weight_delta(self) -> torch.Tensor:
         """`multiplier * (alpha / rank) * up @ down` in the base layer's weight shape, float32: the change
@@ -206,9 +237,11 @@ class SliderNetwork(nn.Module):
         self.metadata = dict(metadata or {})
         self._unet_ref = [unet]  # a list so the UNet is not registered as a submodule
         self._bases: dict[str, nn.Module] = {}
+        self._dotted: dict[str, str] = {}
         self.loras = nn.ModuleDict()
         for dotted, base in targets:
             key = lora_name(dotted)
+            self._dotted[key] = dotted
             layer_rank = (layer_ranks or {}).get(key, rank)
             layer_alpha = (layer_alphas or {}).get(key, alpha)
             self.loras[key] = LoRAModule(key, base, layer_rank, layer_alpha)
@@ -217,7 +250,11 @@ class SliderNetwork(nn.Module):
         self.alpha = float(alpha) if alpha else float(rank)
         self._handles: list = []
         self._multiplier = 0.0
-        self.to(device=_device_of(unet))
+        device = _device_of(unet)
+        # A UNet on the meta device gives names and shapes only (file conversion): the slider's
+        # weights then stay real, on the CPU.
+        if device.type != "meta":
+            self.to(device=device)
 
     @classmethod
     def create(
@@ -307,20 +344,50 @@ class SliderNetwork(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def state_dict_kohya(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    def state_dict_for(self, key_format: str = DEFAULT_KEY_FORMAT, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """The slider's tensors named in `key_format` (`sliders.formats`), on the CPU in `dtype`.
+
+        `peft` has no alpha: `alpha / rank` is folded into the up weights, which is what the
+        diffusers/PEFT convention (scale 1 without alphas) then applies.
+        """
+        check_key_format(key_format)
+        name_map = NameMap(unet_config(self._unet_ref[0]))
         tensors = {}
         for key, module in self.loras.items():
-            tensors[f"{key}.lora_down.weight"] = module.lora_down.weight.detach().to("cpu", dtype).contiguous()
-            tensors[f"{key}.lora_up.weight"] = module.lora_up.weight.detach().to("cpu", dtype).contiguous()
-            tensors[f"{key}.alpha"] = module.alpha.detach().to("cpu", dtype)
+            down_key, up_key, alpha_key = key_names(key[len(PREFIX) + 1 :], key_format, name_map, self._dotted[key])
+            up = module.lora_up.weight.detach().float()
+            if alpha_key is None:
+                up = up * module.scale
+            tensors[down_key] = module.lora_down.weight.detach().to("cpu", dtype).contiguous()
+            tensors[up_key] = up.to("cpu", dtype).contiguous()
+            if alpha_key is not None:
+                tensors[alpha_key] = module.alpha.detach().to("cpu", dtype)
         return tensors
 
-    def save(self, path: str | Path, metadata: Mapping[str, str] | None = None, precision: str = "fp32") -> Path:
-        """Write a `.safetensors` file atomically (a temporary file renamed into place)."""
+    def state_dict_kohya(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """The tensors in kohya's SDXL naming, the default file format."""
+        return self.state_dict_for("kohya", dtype)
+
+    def save(
+        self,
+        path: str | Path,
+        metadata: Mapping[str, str] | None = None,
+        precision: str = "fp32",
+        key_format: str = DEFAULT_KEY_FORMAT,
+    ) -> Path:
+        """Write a `.safetensors` file atomically (a temporary file renamed into place).
+
+        `key_format` names the layers (`kohya`, the default, loads completely in diffusers,
+        ComfyUI, Forge and AUTOMATIC1111; see `sliders.formats`). The recommended `start_noise`
+        and scales for UIs are recorded where the caller's metadata has none.
+        """
         path = Path(path)
         if path.suffix != ".safetensors":
             raise InputError(f"slider file '{path}' must end in .safetensors")
+        check_key_format(key_format, "save.key_format")
         meta = {
+            "sliders_start_noise": str(DEFAULT_START_NOISE),
+            "sliders_scales": json.dumps(list(DEFAULT_SCALES)),
             "sliders_version": __version__,
             "sliders_rank": str(self.rank),
             "sliders_alpha": str(self.alpha),
@@ -332,17 +399,15 @@ class SliderNetwork(nn.Module):
             "ss_output_name": path.stem,
             **self.metadata,
             **(metadata or {}),
+            # What this file is, whatever the file it was loaded from said.
+            "sliders_key_format": key_format,
+            "sliders_unet_config": json.dumps(unet_config(self._unet_ref[0]), default=str),
         }
+        meta.pop("lora_adapter_metadata", None)  # a source file's PEFT alphas are in the tensors now
         meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        try:
-            save_file(self.state_dict_kohya(DTYPES[precision]), temporary, metadata=meta)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+        with atomic_path(path) as temporary:
+            save_file(self.state_dict_for(key_format, DTYPES[precision]), temporary, metadata=meta)
         return path
 
 
@@ -353,12 +418,23 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def read_slider_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a slider file; anything but a readable `.safetensors` is an InputError."""
+    """Tensors and metadata of a slider file.
+
+    `.safetensors` files, and the official code's `.pt` sliders (a torch.save of the network's
+    state_dict), read with `torch.load(weights_only=True)` so that no code in the file runs; those
+    have no metadata. Anything else, or an unreadable file, is an InputError.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"slider file '{path}' does not exist; check the path")
-    if path.suffix.lower() != ".safetensors":
-        raise InputError(f"slider file '{path}' is not .safetensors; only safetensors sliders are loaded (never pickle)")
+    suffix = path.suffix.lower()
+    if suffix in TORCH_SUFFIXES:
+        return _read_torch_file(path), {}
+    if suffix != ".safetensors":
+        raise InputError(
+            f"slider file '{path}' is not .safetensors (nor a {'/'.join(TORCH_SUFFIXES)} state dict); "
+            "give a slider file in one of these"
+        )
     try:
         from safetensors import safe_open
 
@@ -370,66 +446,86 @@ def read_slider_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, metadata
 
 
+def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    import pickle
+
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(
+            f"slider file '{path}' is not .safetensors and torch.load(weights_only=True) cannot read it ({reason}); "
+            "only plain tensor state dicts load this way, never pickled code"
+        ) from None
+    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise InputError(f"slider file '{path}' holds no state dict of tensors; save the network's state_dict() instead")
+    return {str(k): v for k, v in data.items()}
+
+
 def load_slider(path: str | Path, unet: nn.Module, *, attach: bool = True) -> SliderNetwork:
     """Rebuild a slider from its file (keys, weight shapes, metadata) onto `unet`; never from the file name.
 
-    Every key must name a Linear or Conv2d of this UNet with matching shapes; otherwise the slider
-    was made for another base model, and the error says which layer does not fit.
+    Every key naming (`sliders.formats`) is read. Every layer must be a Linear or Conv2d of this
+    UNet with matching shapes; otherwise the slider was made for another base model, and the error
+    says which naming the file has and which layer does not fit. Text-encoder layers are left out
+    with a warning.
     """
     path = Path(path)
     tensors, metadata = read_slider_file(path)
+    parsed = parse_tensors(tensors, metadata, unet_config(unet), f"slider file '{path}'")
+    if not parsed.layers:
+        extra = f" (only {parsed.text_encoder_layers} text-encoder layers)" if parsed.text_encoder_layers else ""
+        raise InputError(f"slider file '{path}' holds no UNet LoRA weights{extra}; re-train or re-save it")
     layers = {
-        lora_name(name): (name, module)
+        lora_name(name)[len(PREFIX) + 1 :]: (name, module)
         for name, module in unet.named_modules()
         if isinstance(module, (nn.Linear, nn.Conv2d))
     }
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        prefix, _, leaf = key.partition(".")
-        if not key.startswith(PREFIX + "_") or leaf not in ("lora_down.weight", "lora_up.weight", "alpha"):
-            raise InputError(
-                f"slider file '{path}' has key '{key}', which is not a UNet LoRA key; "
-                "only kohya-style lora_unet_* sliders are supported"
-            )
-        groups.setdefault(prefix, {})[leaf] = tensor
-    if not groups:
-        raise InputError(f"slider file '{path}' holds no LoRA weights; re-train or re-save it")
     targets, ranks, alphas = [], {}, {}
-    for prefix, parts in groups.items():
-        if prefix not in layers:
+    for name, parts in parsed.layers.items():
+        naming = NAMING_LABELS[parts.naming]
+        if name not in layers:
             raise InputError(
-                f"slider file '{path}' adapts layer '{prefix}', which this base model lacks; "
+                f"slider file '{path}' ({naming}) adapts layer '{parts.key}', which this base model lacks; "
                 "load it with the base model it was trained on"
             )
-        if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
-            raise InputError(f"slider file '{path}' lacks the down or up weight of '{prefix}'; the file is incomplete")
+        if parts.down is None or parts.up is None:
+            raise InputError(
+                f"slider file '{path}' ({naming}) lacks the down or up weight of '{parts.key}'; the file is incomplete"
+            )
         # Ranks come from the weight shapes (conv ranks are capped per layer), alphas from the file.
-        ranks[prefix] = parts["lora_down.weight"].shape[0]
-        alphas[prefix] = float(parts["alpha"]) if "alpha" in parts else None
-        targets.append(layers[prefix])
+        ranks[lora_name(name)] = parts.down.shape[0]
+        alphas[lora_name(name)] = parts.alpha
+        targets.append(layers[name])
+    known = [a for a in alphas.values() if a is not None]
+    network_alpha = None
+    if known:
+        network_alpha = float(metadata["ss_network_alpha"]) if "ss_network_alpha" in metadata else known[0]
     network = SliderNetwork(
         unet,
         targets,
         int(metadata.get("ss_network_dim", max(ranks.values()))),
-        float(metadata["ss_network_alpha"]) if "ss_network_alpha" in metadata else None,
+        network_alpha,
         network_type=metadata.get("sliders_network_type", "c3lier"),
         training_method=metadata.get("sliders_training_method", "full"),
         metadata=metadata,
         layer_ranks=ranks,
         layer_alphas=alphas,
     )
-    for prefix, module in network.loras.items():
-        parts = groups[prefix]
+    for key, module in network.loras.items():
+        parts = parsed.layers[key[len(PREFIX) + 1 :]]
         down, up = module.lora_down.weight, module.lora_up.weight
-        if parts["lora_down.weight"].shape != down.shape or parts["lora_up.weight"].shape != up.shape:
+        if parts.down.shape != down.shape or parts.up.shape != up.shape:
             raise InputError(
-                f"slider file '{path}' layer '{prefix}' has weights of shape "
-                f"{tuple(parts['lora_down.weight'].shape)}/{tuple(parts['lora_up.weight'].shape)} where this base "
+                f"slider file '{path}' ({NAMING_LABELS[parts.naming]}) layer '{parts.key}' has weights of shape "
+                f"{tuple(parts.down.shape)}/{tuple(parts.up.shape)} where this base "
                 f"model needs {tuple(down.shape)}/{tuple(up.shape)}; load it with the base model it was trained on"
             )
         with torch.no_grad():
-            down.copy_(parts["lora_down.weight"])
-            up.copy_(parts["lora_up.weight"])
+            down.copy_(parts.down)
+            up.copy_(parts.up)
     network.requires_grad_(False)
     if attach:
         network.attach()
