@@ -1,0 +1,36 @@
+"""Writing output files atomically, with the permissions any other file of the user gets.
+
+A file is written under a hidden temporary name in its own folder and renamed into place, so a
+reader never sees half a file. `tempfile.mkstemp` creates that file readable by its owner only
+(0600); it is given the usual mode (0666 less the umask) before the rename, so sliders, images and
+reports can be read by whoever could read any other file the user writes. No torch here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def _usual_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[str]:
+    """Yield a temporary path beside `path` to write; on success it becomes `path`, else it is removed."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield temporary
+        os.chmod(temporary, _usual_mode())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)

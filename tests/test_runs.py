@@ -1,0 +1,511 @@
+"""Runs that survive: resume (bit for bit on the CPU), interruption by real signals, one run per folder,
+earlier runs kept apart, outputs checked before the work, failed saves kept elsewhere."""
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sliders import trainer
+from sliders.cli import sample_main, train_images_main, train_main
+from sliders.network import SliderNetwork, read_slider_file
+from sliders.objectives import TextObjective
+from sliders.runs import RunLock, check_writable_folder, latest_resume_point
+from test_cli import CONFIG, PROMPTS, _error_line, image_root  # noqa: F401  (fixture)
+
+RUN = "size_alpha1.0_rank2_noxattn"
+
+
+def _config(tmp_path, **train):
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text(PROMPTS)
+    text = CONFIG.format(prompts=prompts, out=tmp_path / "models")
+    for key, value in train.items():
+        text = text.replace("train:\n", f"train:\n  {key}: {value}\n", 1)
+    config = tmp_path / f"config{len(list(tmp_path.glob('config*.yaml')))}.yaml"
+    config.write_text(text)
+    return config
+
+
+def _last_line(capsys):
+    """The last stderr line (a progress bar may come before it)."""
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _tensors(path):
+    return read_slider_file(path)[0]
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+class _Stop(BaseException):
+    """Stands in for a process killed outright: nothing in the run catches it."""
+
+
+def _stop_at(monkeypatch, call, action):
+    """Run `action` when the objective's step is called for the `call`-th time."""
+    original = TextObjective.step
+    calls = {"n": 0}
+
+    def step(self, rng, generator):
+        calls["n"] += 1
+        if calls["n"] == call:
+            action()
+        return original(self, rng, generator)
+
+    monkeypatch.setattr(TextObjective, "step", step)
+
+
+ITERATIONS = ["--iterations", "4", "--device", "cpu", "--seed", "5"]
+
+
+@pytest.mark.parametrize("reuse", [1, 3])
+def test_killed_run_resumes_to_the_same_slider_tensor_for_tensor(tmp_path, monkeypatch, reuse):
+    """Killed after the step-2 checkpoint (per_steps 2): --resume continues from step 2 and ends with
+    exactly the slider of a run that never stopped, also with queued trajectories (trajectory_reuse 3)."""
+    config = _config(tmp_path, trajectory_reuse=reuse)
+    per2 = tmp_path / "per2.yaml"
+    per2.write_text(config.read_text().replace("per_steps: 1", "per_steps: 2"))
+    common = ["--config", str(per2), *ITERATIONS]
+    assert train_main(common + ["--name", "whole"]) == 0
+    whole = _tensors(tmp_path / "models" / "whole_alpha1.0_rank2_noxattn" / "whole_last.safetensors")
+
+    def kill():
+        raise _Stop()
+
+    with monkeypatch.context() as patch:
+        _stop_at(patch, 3, kill)
+        with pytest.raises(_Stop):
+            train_main(common + ["--name", "size"])
+    folder = tmp_path / "models" / RUN
+    point = latest_resume_point(folder, "size")
+    assert point is not None and point.step == 2
+    assert not (folder / "size_last.safetensors").exists()
+    assert train_main(common + ["--name", "size", "--resume"]) == 0
+    _assert_same(_tensors(folder / "size_last.safetensors"), whole)
+    # The step-2 checkpoint is the same as the uninterrupted run's, and the finished run keeps no state.
+    _assert_same(_tensors(folder / "size_2steps.safetensors"),
+                 _tensors(tmp_path / "models" / "whole_alpha1.0_rank2_noxattn" / "whole_2steps.safetensors"))
+    assert not list(folder.glob("*.state.*"))
+
+
+def test_sigint_saves_a_checkpoint_at_the_current_step_and_resume_matches(tmp_path, monkeypatch, capsys):
+    config = _config(tmp_path)
+    per = tmp_path / "per3.yaml"
+    per.write_text(config.read_text().replace("per_steps: 1", "per_steps: 3"))
+    common = ["--config", str(per), *ITERATIONS]
+    assert train_main(common + ["--name", "whole"]) == 0
+    whole = _tensors(tmp_path / "models" / "whole_alpha1.0_rank2_noxattn" / "whole_last.safetensors")
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        _stop_at(patch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+        assert train_main(common + ["--name", "size"]) == 130
+    line = _last_line(capsys)
+    folder = tmp_path / "models" / RUN
+    assert "size_2steps.safetensors" in line and "step 2 of 4" in line and "--resume" in line
+    assert latest_resume_point(folder, "size").step == 2
+    assert not (folder / ".lock").exists()
+    assert train_main(common + ["--name", "size", "--resume"]) == 0
+    _assert_same(_tensors(folder / "size_last.safetensors"), whole)
+
+
+def test_image_slider_resumes_to_the_same_slider(image_root, tmp_path, monkeypatch):  # noqa: F811
+    from sliders.objectives import ImageObjective
+
+    out = tmp_path / "img"
+    common = ["--folder_main", str(image_root), "--folders", "low,high", "--scales=-1,1", "--iterations", "4",
+              "--resolution", "64", "--device", "cpu", "--output_dir", str(out), "--pretrained_model",
+              "builtin:tiny-sdxl", "--seed", "3", "--rank", "2"]
+    per = tmp_path / "per.yaml"
+    per.write_text("save:\n  per_steps: 2\ntrain:\n  precision: fp32\n  lr_scheduler: cosine\n")
+    common += ["--config", str(per)]
+    assert train_images_main(common + ["--name", "whole"]) == 0
+    original = ImageObjective.step
+    calls = {"n": 0}
+
+    def step(self, rng, generator):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Stop()
+        return original(self, rng, generator)
+
+    monkeypatch.setattr(ImageObjective, "step", step)
+    with pytest.raises(_Stop):
+        train_images_main(common + ["--name", "part"])
+    monkeypatch.setattr(ImageObjective, "step", original)
+    assert train_images_main(common + ["--name", "part", "--resume"]) == 0
+    _assert_same(_tensors(out / "part_alpha1.0_rank2_noxattn" / "part_last.safetensors"),
+                 _tensors(out / "whole_alpha1.0_rank2_noxattn" / "whole_last.safetensors"))
+
+
+def test_resume_refuses_what_cannot_be_resumed(tmp_path, capsys):
+    config = _config(tmp_path)
+    common = ["--config", str(config), "--device", "cpu"]
+    assert train_main(common + ["--resume"]) == 2
+    assert "no resumable checkpoint" in _error_line(capsys)
+    assert train_main(common) == 0
+    capsys.readouterr()
+    assert train_main(common + ["--resume"]) == 2
+    assert "already finished" in _error_line(capsys)
+    assert train_main(common + ["--resume", "--overwrite"]) == 2
+    assert "contradict" in _error_line(capsys)
+
+
+def test_resume_with_another_config_names_the_differences(tmp_path, monkeypatch, capsys):
+    config = _config(tmp_path)
+    common = ["--config", str(config), *ITERATIONS]
+    with monkeypatch.context() as patch:
+        _stop_at(patch, 2, lambda: (_ for _ in ()).throw(_Stop()))
+        with pytest.raises(_Stop):
+            train_main(common)
+    capsys.readouterr()
+    assert train_main(common + ["--resume", "--seed", "6"]) == 2
+    assert "train.seed (5 then, 6 now)" in _error_line(capsys)
+    assert train_main(common + ["--resume", "--attributes", "red"]) == 2
+    assert "prompts" in _error_line(capsys)
+
+
+def _console(name):
+    return str(Path(sys.executable).parent / name)
+
+
+def _wait_for(path, process, seconds=240):
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_real_signal_to_a_real_training_process_keeps_a_resumable_checkpoint(tmp_path, signum, code):
+    config = _config(tmp_path)
+    env = {**os.environ, "PYTHONPATH": ""}
+    process = subprocess.Popen([_console("sliders-train"), "--config", str(config), "--iterations", "100000",
+                                "--device", "cpu"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    folder = tmp_path / "models" / RUN
+    try:
+        _wait_for(folder / "size_1steps.state.json", process)
+        assert json.loads((folder / ".lock").read_text())["pid"] == process.pid
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == code, err[-2000:]
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("interrupted: saved the resumable checkpoint") and "--resume" in last_line
+    point = latest_resume_point(folder, "size")
+    assert point is not None and point.step >= 1 and str(point.checkpoint) in last_line
+    assert not (folder / ".lock").exists() and not list(folder.glob(".*.tmp"))
+
+
+def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path, capsys):
+    config = _config(tmp_path)
+    folder = tmp_path / "models" / RUN
+    folder.mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
+                                                  "started": "then", "command": "sliders-train --config x"}))
+        assert train_main(["--config", str(config), "--device", "cpu"]) == 2
+        line = _error_line(capsys)
+        assert f"in use by process {sleeper.pid}" in line and "sliders-train --config x" in line
+        assert sorted(p.name for p in folder.iterdir()) == [".lock"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # The holder is gone: its lock is stale and taken over; leftover temporary files are removed.
+    (folder / ".size_last.abc123.tmp").write_bytes(b"x" * 100)
+    assert train_main(["--config", str(config), "--device", "cpu", "--iterations", "1"]) == 0
+    assert not (folder / ".lock").exists() and not list(folder.glob(".*.tmp"))
+
+
+def test_lock_is_exclusive_within_one_process(tmp_path):
+    with RunLock(tmp_path / "run") as first:
+        assert first.held and (tmp_path / "run" / ".lock").is_file()
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_earlier_checkpoints_are_refused_without_overwrite_and_moved_aside_with_it(tmp_path, monkeypatch, capsys):
+    config = _config(tmp_path)
+    common = ["--config", str(config), *ITERATIONS]
+    with monkeypatch.context() as patch:  # a killed run: step checkpoints, no _last
+        _stop_at(patch, 3, lambda: (_ for _ in ()).throw(_Stop()))
+        with pytest.raises(_Stop):
+            train_main(common)
+    folder = tmp_path / "models" / RUN
+    before = {p.name: p.read_bytes() for p in folder.glob("size_*steps.safetensors")}
+    assert sorted(before) == ["size_1steps.safetensors", "size_2steps.safetensors"]
+    capsys.readouterr()
+    assert train_main(common) == 2
+    line = _error_line(capsys)
+    assert "already exists" in line and "--resume" in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in folder.glob("size_*steps.safetensors")} == before
+    assert train_main(common + ["--overwrite", "--iterations", "1"]) == 0
+    (replaced,) = folder.glob("replaced-*")
+    assert {p.name: p.read_bytes() for p in replaced.glob("size_*steps.safetensors")} == before
+    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == ["config.yaml", "size_last.safetensors", "stats.json"]
+
+
+def test_output_folder_checks_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import sliders.models
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(sliders.models, "load_pipeline", no_model)
+    monkeypatch.setattr(trainer, "load_pipeline", no_model)
+    config = _config(tmp_path)
+    occupied = tmp_path / "occupied"
+    occupied.write_text("keep me")
+    assert train_main(["--config", str(config), "--device", "cpu", "--output_dir", str(occupied / "deeper")]) == 2
+    assert "is a file" in _error_line(capsys)
+    assert train_main(["--config", str(config), "--device", "cpu", "--output_dir", str(tmp_path / ("x" * 300))]) == 2
+    assert "too long" in _error_line(capsys)
+    if os.geteuid() != 0:
+        locked = tmp_path / "readonly"
+        locked.mkdir()
+        locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            assert train_main(["--config", str(config), "--device", "cpu", "--output_dir", str(locked)]) == 2
+            assert "not writable" in _error_line(capsys)
+        finally:
+            locked.chmod(stat.S_IRWXU)
+
+
+def test_writable_check_leaves_nothing_behind(tmp_path):
+    check_writable_folder(tmp_path / "a" / "b", "output", "fix")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_final_save_keeps_the_slider_elsewhere_and_says_where(tmp_path, monkeypatch, capsys):
+    config = _config(tmp_path)
+    original = SliderNetwork.save
+    monkeypatch.setattr(trainer.tempfile, "gettempdir", lambda: str(tmp_path / "fallback"))
+    (tmp_path / "fallback").mkdir()
+
+    def save(self, path, *args, **kwargs):
+        if Path(path).name.endswith("_last.safetensors"):
+            raise OSError(28, "No space left on device")
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(SliderNetwork, "save", save)
+    assert train_main(["--config", str(config), "--device", "cpu"]) == 1
+    line = _last_line(capsys)
+    (kept,) = (tmp_path / "fallback").glob("size_last-*.safetensors")
+    assert "No space left on device" in line and str(kept) in line
+    assert read_slider_file(kept)[0]
+
+
+def test_nan_loss_keeps_the_last_good_weights_and_names_them(tmp_path, monkeypatch, capsys):
+    config = _config(tmp_path)
+    per = tmp_path / "per.yaml"
+    per.write_text(config.read_text().replace("per_steps: 1", "per_steps: 100"))
+    original = trainer._train_step
+    calls = {"n": 0}
+
+    def step(unet, network, terms):
+        calls["n"] += 1
+        loss = original(unet, network, terms)
+        return float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(trainer, "_train_step", step)
+    assert train_main(["--config", str(per), *ITERATIONS]) == 1
+    line = _last_line(capsys)
+    folder = tmp_path / "models" / RUN
+    assert "loss is nan at step 3" in line and str(folder / "size_2steps.safetensors") in line
+    assert not (folder / "size_last.safetensors").exists()
+    assert all(torch.isfinite(t).all() for t in _tensors(folder / "size_2steps.safetensors").values())
+
+
+def test_sliders_checkpoints_and_states_get_the_usual_permissions(tmp_path, monkeypatch):
+    config = _config(tmp_path)
+    with monkeypatch.context() as patch:
+        _stop_at(patch, 2, lambda: (_ for _ in ()).throw(_Stop()))
+        with pytest.raises(_Stop):
+            train_main(["--config", str(config), *ITERATIONS])
+    folder = tmp_path / "models" / RUN
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [*folder.glob("*.state.*"), folder / "config.yaml"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+
+
+def test_ctrl_c_during_sampling_keeps_the_images_made_and_their_grid(tmp_path, monkeypatch, capsys):
+    import sliders.sampling as sampling
+
+    config = _config(tmp_path)
+    assert train_main(["--config", str(config), "--device", "cpu", "--iterations", "1"]) == 0
+    slider = tmp_path / "models" / RUN / "size_last.safetensors"
+    original = sampling.write_png
+    written = []
+
+    def write_png(image, path):
+        result = original(image, path)
+        written.append(Path(path).name)
+        if len(written) == 2 and Path(path).name != sampling.GRID_NAME:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(sampling, "write_png", write_png)
+    out = tmp_path / "samples"
+    capsys.readouterr()
+    code = sample_main(["--slider", str(slider), "--scales", "-2,0,2", "--prompt", "circle", "--steps", "2",
+                        "--output", str(out), "--device", "cpu"])
+    assert code == 130
+    line = _error_line(capsys)
+    assert "kept 2 images" in line and str(out / "grid.png") in line
+    assert len(list(out.glob("p0_*.png"))) == 2 and (out / "grid.png").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad inputs: one line, exit 2, nothing written, no model loaded
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    import sliders.models
+    import sliders.sampling
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded for a bad input")
+
+    for module in (sliders.models, trainer, sliders.sampling):
+        monkeypatch.setattr(module, "load_pipeline", refuse)
+
+
+TRAIN_BAD = [
+    ({"prompts": ("resolution: 64", "resolution: 100000")}, [], "from 64 to 4096"),
+    ({"prompts": ("batch_size: 2", "batch_size: 100000")}, [], "at most 64"),
+    ({}, ["--seed", str(2**64)], "train.seed"),
+    ({}, ["--seed", "-1"], "train.seed"),
+    ({"config": ("lr: 0.001", "lr: 1e39")}, [], "train.lr' must be at most 1"),
+    ({"config": ("lr: 0.001", "lr: .nan")}, [], "train.lr"),
+    ({"config": ('name_or_path: "builtin:tiny-sdxl"', 'name_or_path: "builtin:tiny-sdxl"\n  clip_skip: 100')}, [],
+     "clip_skip' must be from 0 to 10"),
+    ({"config": ("max_denoising_steps: 6", "max_denoising_steps: 5000")}, [], "at most 1000"),
+    ({}, ["--rank", "100000"], "network.rank' must be at most 1024"),
+    ({}, ["--name", "x" * 300], "300 characters long"),
+    ({}, ["--name", "a:b"], "file names"),
+    ({}, ["--name", ".hidden"], "leading dot"),
+    ({}, ["--name", "tab\there"], "file names"),
+    ({}, ["--device", "meta"], "not a device sliders runs on"),
+    ({}, ["--device", "cpu:3"], "one CPU device"),
+    ({}, ["--device", "cuda:-1"], "not a device"),
+    ({}, ["--device", "mps"], "MPS"),
+    ({"config": ('optimizer: "AdamW"', 'optimizer: "AdamW"\n  optimizer_args: "betas=2,3"')}, [], "do not fit"),
+    ({"config": ('optimizer: "AdamW"', 'optimizer: "AdamW"\n  optimizer_args: "weight_decay=abc"')}, [], "optimizer"),
+    ({"config": ('optimizer: "AdamW"', 'optimizer: "AdamW"\n  optimizer_args: "nesterov=1"')}, [], "nesterov"),
+    ({"config": ('optimizer: "AdamW"', 'optimizer: "AdamW"\n  optimizer_args: "lr=1"')}, [], "lr"),
+    ({"append": "logging:\n  use_wandb: true\n"}, [], "needs the package 'wandb'"),
+    ({"config": ("train:\n", "train:\n  seed: 1\ntrain:\n")}, [], "'train' twice"),
+    ({}, ["--resume", "--overwrite"], "contradict"),
+]
+
+
+@pytest.mark.parametrize("edits, args, message", TRAIN_BAD)
+def test_train_bad_values_are_refused_before_any_model_loads(edits, args, message, tmp_path, capsys, no_model):
+    import torch.backends.mps
+
+    if "--device" in args and args[-1] == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    config = _config(tmp_path)
+    if "append" in edits:
+        config.write_text(config.read_text() + edits.pop("append"))
+    for which, (old, new) in edits.items():
+        path = tmp_path / "prompts.yaml" if which == "prompts" else config
+        text = path.read_text()
+        assert old in text, old
+        path.write_text(text.replace(old, new, 1))
+    assert train_main(["--config", str(config), "--device", "cpu", *args]) == 2
+    assert message in _error_line(capsys)
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_missing_tensorboard_is_named_before_any_model_loads(tmp_path, capsys, monkeypatch, no_model):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    config = _config(tmp_path)
+    config.write_text(config.read_text() + f"logging:\n  tensorboard_dir: {tmp_path / 'tb'}\n")
+    assert train_main(["--config", str(config), "--device", "cpu"]) == 2
+    line = _error_line(capsys)
+    assert "logging.tensorboard_dir needs the package 'tensorboard'" in line and "optimizer" not in line
+
+
+def _slider(tmp_path, unet, name="s", poison=None):
+    network = SliderNetwork.create(unet, network_type="c3lier", training_method="noxattn", rank=2, alpha=1)
+    if poison is not None:
+        with torch.no_grad():
+            next(iter(network.loras.values())).lora_up.weight[0, 0] = poison
+    return network.save(tmp_path / f"{name}.safetensors", {"sliders_base_model": "builtin:tiny-sdxl",
+                                                            "sliders_resolution": "64"})
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_a_nan_or_infinite_slider_is_refused_with_its_layer_named(tmp_path, unet, capsys, no_model, poison):
+    slider = _slider(tmp_path, unet, poison=poison)
+    out = tmp_path / "out"
+    assert sample_main(["--slider", str(slider), "--prompt", "x", "--output", str(out)]) == 2
+    line = _error_line(capsys)
+    assert "NaN or infinite up weights in layer 'lora_unet_" in line and not out.exists()
+    from sliders.cli import eval_main
+
+    assert eval_main(["--slider", str(slider), "--prompt", "x", "--output", str(out)]) == 2
+    assert "NaN or infinite" in _error_line(capsys) and not out.exists()
+
+
+def test_a_slider_with_wrong_keys_is_refused_before_any_model_loads(tmp_path, capsys, no_model):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "wrong.safetensors"
+    save_file({"model.layer.weight": torch.zeros(2, 2)}, str(path))
+    assert sample_main(["--slider", str(path), "--prompt", "x", "--output", str(tmp_path / "o")]) == 2
+    assert "model.layer.weight" in _error_line(capsys) and not (tmp_path / "o").exists()
+
+
+SAMPLE_BAD = [
+    (["--scales", "1e30"], "from -100 to 100"),
+    (["--scales", "-1000,0"], "from -100 to 100"),
+    (["--steps", "5000"], "from 1 to 1000"),
+    (["--resolution", "100000"], "larger than 4096"),
+    (["--seeds", str(2**64)], "out of range"),
+    (["--device", "mps"], "MPS"),
+    (["--device", "cuda:99"], "cuda"),
+    (["--output", "{file}/inside"], "is a file"),
+    (["--output", "{long}"], "too long"),
+]
+
+
+@pytest.mark.parametrize("args, message", SAMPLE_BAD)
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_sample_and_eval_bad_values_are_refused_before_any_model_loads(command, args, message, tmp_path, unet, capsys,
+                                                                        no_model):
+    import torch.backends.mps
+
+    from sliders.cli import eval_main
+
+    if args == ["--device", "mps"] and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    slider = _slider(tmp_path, unet)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    values = {"file": blocker, "long": tmp_path / ("y" * 300)}
+    main = sample_main if command == "sample" else eval_main
+    argv = ["--slider", str(slider), "--prompt", "x", "--device", "cpu", "--output", str(tmp_path / "out")]
+    assert main(argv + [a.format(**values) for a in args]) == 2
+    assert message in _error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "s.safetensors"]
