@@ -1,4 +1,5 @@
-"""Command-line entry points: `sliders-train`, `sliders-train-images`, `sliders-sample`, `sliders-eval`.
+"""Command-line entry points: `sliders-train`, `sliders-train-images`, `sliders-sample`, `sliders-eval`,
+`sliders-convert`, `sliders-export`.
 
 The only module that reads argv, prints, or exits. It turns flags into config overrides
 (defaults < YAML < flags), validates every input before a model loads, and turns an `InputError`
@@ -11,10 +12,12 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
-from .errors import InputError, TrainingError
+from .errors import InputError, Interrupted, OutputError, PeerFailed, Terminated, TrainingError
 
 logger = logging.getLogger("sliders")
 
@@ -54,7 +57,14 @@ def _common_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
     parser.add_argument("--pretrained_model", help="SDXL diffusers folder, hub id or single file")
     parser.add_argument("--output_dir", help="where run folders go (save.path)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same name")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start an earlier run of the same name again (its files are moved into replaced-<time>/)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run from its latest checkpoint (same config and flags as before)")
+    parser.add_argument("--sample_every", type=int, metavar="N",
+                        help="preview grid every N steps and at the end, into samples/ (sample.every; 0: off)")
+    parser.add_argument("--sample_prompt", action="append", metavar="TEXT",
+                        help="preview prompt (sample.prompts; repeatable; default: the slider's own)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
 
 
@@ -68,6 +78,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         "train.seed": args.seed,
         "pretrained_model.name_or_path": args.pretrained_model,
         "save.path": args.output_dir,
+        "sample.every": args.sample_every,
+        "sample.prompts": args.sample_prompt,
     }
 
 
@@ -98,18 +110,53 @@ def _setup_logging(verbose: bool) -> None:
             library.disable_progress_bar()  # "Loading weights" and pipeline-component bars
 
 
+def _speaks() -> bool:
+    """Whether this process prints: not one of the other processes of `accelerate launch` (its RANK is
+    set by the launcher; `distributed.speaks`, without importing torch before logging is set up)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    """Run a command; every way it can end is one line on stderr and an exit code.
+
+    SIGTERM is raised as `Terminated` (a KeyboardInterrupt) so that it keeps work as Ctrl-C does.
+    """
+    previous = None
+    if not _speaks():
+        # A process other than the main one of `accelerate launch`: the main one prints, also the error
+        # of another process (`distributed.Processes.check`).
+        sys.stdout = sys.stderr = open(os.devnull, "w", encoding="utf-8")
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return main(argv)
+    except PeerFailed:
+        return 1
     except InputError as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
     except TrainingError as error:
         sys.stderr.write(f"training stopped: {error}\n")
         return 1
+    except OutputError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 1
+    except Interrupted as error:
+        sys.stderr.write(f"interrupted: {error}\n")
+        return error.exit_code
+    except Terminated:
+        sys.stderr.write("terminated\n")
+        return 143
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def parse_floats(text: str, what: str) -> list[float]:
@@ -148,32 +195,47 @@ def _train(argv: Sequence[str] | None) -> int:
                         help="the recommended fast options (train.fast): x_k in at most 4 UNet calls")
     parser.add_argument("--xk_max_steps", type=int,
                         help="reach each step's starting latents in at most this many UNet calls (train.xk_max_steps)")
+    parser.add_argument("--xk_spacing", choices=("late", "even"),
+                        help="how those calls are spaced: shorter towards x_k (late, default) or equal (train.xk_spacing)")
     parser.add_argument("--trajectory_reuse", type=int,
                         help="one partial-denoising trajectory supplies this many steps (train.trajectory_reuse)")
     parser.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute UNet activations in the slider's backward (train.gradient_checkpointing)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the UNet for the no-grad partial denoising and frozen calls (train.compile)")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
     from .config import load_config
     from .models import parse_device
     from .prompts import expand_attributes, load_prompts, parse_attributes
-    from .trainer import check_output, train_text_slider
+    from .distributed import start as start_processes
+    from .trainer import check_training_inputs, open_run, text_prompts_record, train_text_slider
 
     config = load_config(args.config, {
         **_overrides(args),
         "train.fused_denoising": args.fused_denoising,
         "train.fast": args.fast,
         "train.xk_max_steps": args.xk_max_steps,
+        "train.xk_spacing": args.xk_spacing,
         "train.trajectory_reuse": args.trajectory_reuse,
         "train.gradient_checkpointing": args.gradient_checkpointing,
+        "train.compile": args.compile,
     })
     if not config.prompts_file:
         raise InputError("no prompts file; pass --prompts_file or set prompts_file in the config")
     entries = expand_attributes(load_prompts(config.prompts_file), parse_attributes(args.attributes))
     device = parse_device(args.device)
-    check_output(config, args.overwrite)
-    result = train_text_slider(config, entries, device)
+    check_training_inputs(config)
+    processes = start_processes(device)
+    with processes.guard():  # an error in one process stops every process (README "Several GPUs")
+        run = open_run(config, text_prompts_record(entries), overwrite=args.overwrite, resume=args.resume) \
+            if processes.is_main else None
+        try:
+            result = train_text_slider(config, entries, processes.device, run, processes)
+        finally:
+            if run is not None:
+                run.release()
     print(f"saved slider: {result.last}")
     return 0
 
@@ -198,7 +260,8 @@ def _train_images(argv: Sequence[str] | None) -> int:
     from .config import load_config
     from .data import scan_pairs
     from .models import parse_device
-    from .trainer import check_output, train_image_slider
+    from .distributed import start as start_processes
+    from .trainer import check_training_inputs, image_prompts_record, open_run, train_image_slider
 
     overrides = _overrides(args)
     overrides["data.folder_main"] = args.folder_main
@@ -215,8 +278,16 @@ def _train_images(argv: Sequence[str] | None) -> int:
         raise InputError("no image folders; pass --folders a,b (and --scales) or set data.folders in the config")
     pairs = scan_pairs(config.data.folder_main, config.data.folders, config.data.scales, config.data.captions)
     device = parse_device(args.device)
-    check_output(config, args.overwrite)
-    result = train_image_slider(config, pairs, entry, device)
+    check_training_inputs(config)
+    processes = start_processes(device)
+    with processes.guard():  # an error in one process stops every process (README "Several GPUs")
+        run = open_run(config, image_prompts_record(pairs, entry), overwrite=args.overwrite, resume=args.resume) \
+            if processes.is_main else None
+        try:
+            result = train_image_slider(config, pairs, entry, processes.device, run, processes)
+        finally:
+            if run is not None:
+                run.release()
     print(f"saved slider: {result.last}")
     return 0
 
@@ -377,3 +448,89 @@ def console_sample() -> None:
 
 def console_eval() -> None:
     sys.exit(eval_main())
+
+
+def _convert(argv: Sequence[str] | None) -> int:
+    parser = _Parser(
+        prog="sliders-convert",
+        description="Rewrite a slider file (any naming, or an official .pt slider) as .safetensors in another key format.",
+    )
+    parser.add_argument("input", help="slider file: .safetensors (kohya, diffusers or PEFT naming) or an official .pt")
+    parser.add_argument("output", help="the .safetensors file to write")
+    parser.add_argument("--to", default="kohya", help="key format: kohya (default; loads in A1111, Forge, ComfyUI, "
+                        "diffusers), diffusers (lora_unet_down_blocks_...), peft (unet.*.lora_A/B)")
+    parser.add_argument("--pretrained_model",
+                        help="base model whose UNet layout places the layer names (default: the one the file records, else SDXL)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    from .export import convert_slider
+
+    path = convert_slider(args.input, args.output, args.to, pretrained_model=args.pretrained_model)
+    print(f"wrote {path} ({args.to} key format)")
+    return 0
+
+
+def _export(argv: Sequence[str] | None) -> int:
+    parser = _Parser(
+        prog="sliders-export",
+        description="Carry a slider's start_noise switch into ComfyUI, AUTOMATIC1111/Forge or diffusers.",
+    )
+    parser.add_argument("slider", help="slider file")
+    parser.add_argument("--ui", required=True, help="comfyui (writes a workflow JSON), a1111 or diffusers (print)")
+    parser.add_argument("--scale", type=float, help="slider strength once on (default: the largest recorded scale)")
+    parser.add_argument("--start_noise", type=float, help="slider off while the timestep is above this (default: recorded, else 750)")
+    parser.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
+    parser.add_argument("--prompt", default="a photo of a person", help="prompt in the workflow or snippet")
+    parser.add_argument("--checkpoint", default="sd_xl_base_1.0.safetensors", help="ComfyUI checkpoint name")
+    parser.add_argument("--pretrained_model", help="diffusers base model in the snippet (default: the recorded one)")
+    parser.add_argument("--output", help="where the ComfyUI workflow goes (default: <slider>_comfyui.json beside the slider)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    import json
+    from pathlib import Path
+
+    from .export import a1111_text, check_ui, comfyui_workflow, diffusers_snippet, recommended
+    from .network import read_slider_file
+
+    ui = check_ui(args.ui)
+    path = Path(args.slider)
+    tensors, metadata = read_slider_file(path)
+    if path.suffix.lower() != ".safetensors":
+        raise InputError(f"'{path}' is not .safetensors, which UIs load; convert it first: sliders-convert {path} "
+                         f"{path.with_suffix('.safetensors')}")
+    if ui == "a1111" and any(key.startswith("lora_unet_up_blocks_") for key in tensors):
+        logger.warning("this file has diffusers-path names, of which AUTOMATIC1111 drops up_blocks.0's upsampler; "
+                       "sliders-convert it (--to kohya) for a complete load")
+    start_noise, scale = recommended(metadata, args.start_noise, args.scale)
+    if ui == "comfyui":
+        workflow = comfyui_workflow(path.name, scale, start_noise, checkpoint=args.checkpoint, prompt=args.prompt,
+                                    steps=args.steps)
+        output = Path(args.output) if args.output else path.with_name(f"{path.stem}_comfyui.json")
+        output.write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {output} (ComfyUI API-format workflow; put {path.name} in models/loras)")
+    elif ui == "a1111":
+        print(a1111_text(path.stem, scale, start_noise, args.steps))
+    else:
+        model = args.pretrained_model or metadata.get("sliders_base_model") or "stabilityai/stable-diffusion-xl-base-1.0"
+        print(diffusers_snippet(str(path), scale, start_noise, model=model, prompt=args.prompt, steps=args.steps), end="")
+    return 0
+
+
+def convert_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_convert, argv)
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_export, argv)
+
+
+def console_convert() -> None:
+    sys.exit(convert_main())
+
+
+def console_export() -> None:
+    sys.exit(export_main())

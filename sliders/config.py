@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import InputError
+from .files import atomic_path
 
 BUILTIN_MODEL = "builtin:shapes"  # the default: the shapes-world model shipped in sliders/assets
 TINY_MODEL = "builtin:tiny-sdxl"  # random weights, built on first use: for tests
@@ -44,7 +45,16 @@ OPTIMIZERS = (
     "dadaptadam",
     "dadaptlion",
 )
+# How slider files name their layers (sliders/formats.py writes and reads each).
+KEY_FORMATS = ("kohya", "diffusers", "peft")
 LR_SCHEDULERS = ("constant", "cosine", "cosine_with_restarts", "step", "linear")
+# Bounds of values that pass as numbers but would fail (or fill the disk) only after the model loads.
+MAX_RANK = 1024
+MAX_TIMESTEPS = 1000  # the training noise schedule's steps: no schedule can have more
+MAX_CLIP_SKIP = 10
+MAX_NAME_LENGTH = 200
+UNSAFE_NAME_CHARACTERS = '/\\:*?"<>|'
+XK_SPACINGS = ("late", "even")
 # What `train.fast` sets `train.xk_max_steps` to where the config leaves it unset (EVALUATION.md).
 FAST_XK_MAX_STEPS = 4
 
@@ -93,8 +103,10 @@ class TrainConfig:
     # Fast text-slider options (README "Fast text sliders"); the defaults are the faithful path.
     fast: bool = False  # the recommended combination: xk_max_steps FAST_XK_MAX_STEPS
     xk_max_steps: int | None = None  # reach x_k in at most this many UNet calls (DDIM jumps)
+    xk_spacing: str = "late"  # those jumps shorten towards x_k ("late") or are equal ("even")
     trajectory_reuse: int = 1  # one partial-denoising trajectory supplies x_k for this many steps
     gradient_checkpointing: bool = False  # recompute UNet activations in the slider's backward
+    compile: bool = False  # torch.compile the UNet for the no-grad calls (partial denoising, frozen)
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,7 @@ class SaveConfig:
     path: str = "./models"
     per_steps: int = 500
     precision: str = "fp32"
+    key_format: str = "kohya"  # kohya's SDXL names (every UI maps them), "diffusers" or "peft"
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,24 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    """Previews while training: a grid of prompts x seeds at several slider scales, every `every` steps.
+
+    `every` 0 turns previews off. No prompts: the slider's own (the first entry's target for a text
+    slider, the entry's positive prompt for an image slider). `start_noise` as in `sliders-sample`.
+    """
+
+    every: int = 0
+    prompts: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    scales: tuple[float, ...] = (-2.0, 0.0, 2.0)
+    steps: int = 20
+    guidance_scale: float = 5.0
+    start_noise: float = 750.0
+    resolution: int | None = None  # None: the training resolution
+
+
+@dataclass(frozen=True)
 class Config:
     prompts_file: str | None = None
     pretrained_model: PretrainedModelConfig = field(default_factory=PretrainedModelConfig)
@@ -140,6 +171,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     other: OtherConfig = field(default_factory=OtherConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
 
 
 _SECTIONS = {
@@ -150,6 +182,7 @@ _SECTIONS = {
     "logging": LoggingConfig,
     "other": OtherConfig,
     "data": DataConfig,
+    "sample": SampleConfig,
 }
 
 
@@ -200,7 +233,7 @@ def _coerce(where: str, value: Any, annotation: str) -> Any:
             raise InputError(f"config key '{where}' must be text, got {value!r}")
         return str(value)
     if base.startswith("tuple["):
-        inner = "float" if "float" in base else "str"
+        inner = "float" if "float" in base else "int" if "int" in base else "str"
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, (list, tuple)):
@@ -241,6 +274,21 @@ def _merge(base: dict, overrides: Mapping[str, Any]) -> dict:
     return merged
 
 
+def check_name(name: str) -> str:
+    """A slider name that is one safe file name on every system, short enough for the files made from it."""
+    if not name or name.strip() != name or name in (".", "..") or name.startswith("."):
+        raise InputError(f"config key 'save.name' must be a plain file name (not empty, no leading dot or spaces), "
+                         f"got {name!r}")
+    bad = sorted({ch for ch in name if ch in UNSAFE_NAME_CHARACTERS or ord(ch) < 32 or ord(ch) == 127})
+    if bad:
+        raise InputError(f"config key 'save.name' {name!r} has {', '.join(repr(ch) for ch in bad)}, which file names "
+                         "cannot hold everywhere; use letters, digits, '-' and '_'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InputError(f"config key 'save.name' is {len(name)} characters long; use at most {MAX_NAME_LENGTH} "
+                         "(the run folder and checkpoint names add to it)")
+    return name
+
+
 def _check(config: Config) -> Config:
     """Validate choices and ranges; return the config with names normalised."""
     network, train, save = config.network, config.train, config.save
@@ -259,6 +307,10 @@ def _check(config: Config) -> Config:
             raise InputError(f"config key '{where}' has unknown value {value!r}: choose fp32, fp16 or bf16")
         return PRECISION_ALIASES[value.lower()]
 
+    def at_most(where: str, value: float, maximum: float, why: str) -> None:
+        if value > maximum:
+            raise InputError(f"config key '{where}' must be at most {maximum:g}, got {value:g}; {why}")
+
     def positive(where: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
         if value < minimum or (strict and value == minimum):
             relation = ">" if strict else ">="
@@ -273,6 +325,16 @@ def _check(config: Config) -> Config:
     if config.data.folders_per_step is not None:
         positive("data.folders_per_step", config.data.folders_per_step)
     positive("train.trajectory_reuse", train.trajectory_reuse)
+    at_most("network.rank", network.rank, MAX_RANK, "LoRA ranks of 4 to 64 are usual")
+    at_most("train.lr", train.lr, 1.0, "slider learning rates are around 1e-4; adaptive optimizers use 1.0")
+    at_most("train.max_denoising_steps", train.max_denoising_steps, MAX_TIMESTEPS,
+            f"the noise schedule has {MAX_TIMESTEPS} steps")
+    if not 0 <= train.seed < 2**64:
+        raise InputError(f"config key 'train.seed' must be a whole number from 0 to 2**64-1, got {train.seed}")
+    clip_skip = config.pretrained_model.clip_skip
+    if clip_skip is not None and not 0 <= clip_skip <= MAX_CLIP_SKIP:
+        raise InputError(f"config key 'pretrained_model.clip_skip' must be from 0 to {MAX_CLIP_SKIP} (layers skipped "
+                         f"before SDXL's penultimate one), got {clip_skip}")
     xk_max_steps = train.xk_max_steps
     if xk_max_steps is None and train.fast:
         xk_max_steps = FAST_XK_MAX_STEPS
@@ -283,13 +345,18 @@ def _check(config: Config) -> Config:
                 f"train.xk_max_steps (or train.fast) reaches x_k by DDIM jumps, which needs train.noise_scheduler "
                 f"ddim or ddpm, not {train.noise_scheduler!r}; change the scheduler or drop the fast option"
             )
+    if train.compile and train.fused_denoising:
+        raise InputError(
+            "train.compile and train.fused_denoising both speed up the no-grad UNet calls and do not combine "
+            "(a compiled graph would not see the folded weights); choose one"
+        )
     if train.fused_denoising and precision("train.precision", train.precision) != "fp32":
         raise InputError(
             "train.fused_denoising folds the slider into the UNet weights, which in "
             f"{train.precision} would round the slider's change away; use it with train.precision fp32 or turn it off"
         )
-    if not save.name or any(ch in save.name for ch in "/\\"):
-        raise InputError(f"config key 'save.name' must be a plain file name, got {save.name!r}")
+    check_name(save.name)
+    _check_sample(config.sample)
     if config.pretrained_model.v2:
         raise InputError("config key 'pretrained_model.v2' is true, but only SDXL models are supported; set it to false")
     return dataclasses.replace(
@@ -306,9 +373,65 @@ def _check(config: Config) -> Config:
             optimizer=choice("train.optimizer", train.optimizer, OPTIMIZERS),
             lr_scheduler=choice("train.lr_scheduler", train.lr_scheduler, LR_SCHEDULERS),
             xk_max_steps=xk_max_steps,
+            xk_spacing=choice("train.xk_spacing", train.xk_spacing, XK_SPACINGS),
         ),
-        save=dataclasses.replace(save, precision=precision("save.precision", save.precision)),
+        save=dataclasses.replace(
+            save,
+            precision=precision("save.precision", save.precision),
+            key_format=choice("save.key_format", save.key_format, KEY_FORMATS),
+        ),
     )
+
+
+MAX_PREVIEW_SCALE = 100  # as for sliders-sample: far beyond the trained range is only noise
+
+
+def _check_sample(sample: SampleConfig) -> None:
+    """The `sample:` section (training previews): ranges, and no seed or scale twice."""
+    if sample.every < 0:
+        raise InputError(f"config key 'sample.every' must be >= 0 (0 turns previews off), got {sample.every}")
+    if not sample.seeds:
+        raise InputError("config key 'sample.seeds' is empty; give at least one seed, e.g. [0]")
+    for seed in sample.seeds:
+        if not 0 <= seed < 2**64:
+            raise InputError(f"config key 'sample.seeds' has {seed}; use whole numbers from 0 to 2**64-1")
+    if len(set(sample.seeds)) != len(sample.seeds):
+        raise InputError(f"config key 'sample.seeds' {list(sample.seeds)} repeats a seed; give each seed once")
+    if not sample.scales:
+        raise InputError("config key 'sample.scales' is empty; give at least one scale, e.g. [-2, 0, 2]")
+    for scale in sample.scales:
+        if abs(scale) > MAX_PREVIEW_SCALE:
+            raise InputError(f"config key 'sample.scales' has {scale:g}; slider scales from -{MAX_PREVIEW_SCALE} to "
+                             f"{MAX_PREVIEW_SCALE} are meaningful (sliders are trained at about -2 to 2)")
+    if len({f"{s:+g}" for s in sample.scales}) != len(sample.scales):
+        raise InputError(f"config key 'sample.scales' {list(sample.scales)} repeats a scale; give each scale once")
+    if not 1 <= sample.steps <= MAX_TIMESTEPS:
+        raise InputError(f"config key 'sample.steps' must be from 1 to {MAX_TIMESTEPS}, got {sample.steps}")
+    if not 0 <= sample.start_noise <= MAX_TIMESTEPS:
+        raise InputError(f"config key 'sample.start_noise' must be from 0 to {MAX_TIMESTEPS}, got {sample.start_noise:g}")
+    if sample.resolution is not None and (sample.resolution < 64 or sample.resolution % 64):
+        raise InputError(f"config key 'sample.resolution' must be a positive multiple of 64 (e.g. 512), "
+                         f"got {sample.resolution}")
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: object, line: int):
+        super().__init__(f"key {key!r} appears twice (again at line {line})")
+        self.key, self.line = key, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice (plain YAML keeps the last one
+    silently, so a second `train:` section would drop the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
@@ -317,7 +440,11 @@ def read_yaml(path: str | Path, what: str) -> Any:
     if not path.is_file():
         raise InputError(f"{what} '{path}' does not exist; check the path")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except DuplicateKeyError as error:
+        raise InputError(
+            f"{what} '{path}' has the key {error.key!r} twice (again at line {error.line}); merge the two into one"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -363,7 +490,8 @@ def config_to_dict(config: Config) -> dict:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+    with atomic_path(path) as temporary:
+        Path(temporary).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
 
 
 def run_folder_name(config: Config) -> str:

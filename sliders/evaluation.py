@@ -17,20 +17,22 @@ required, and it then also appears as its own row in the report.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from . import __version__
-from .errors import InputError
+from .distributed import Processes
+from .distributed import start as start_processes
+from .errors import InputError, OutputError
+from .files import atomic_path
 # Looked up here at call time and handed to `sampling.loaded`, so it can be replaced in this module.
 from .models import load_pipeline
 from .network import SliderNetwork
@@ -40,15 +42,18 @@ from .sampling import (
     SliderSpec,
     check_prompts,
     check_scales,
+    check_output_folder,
     check_seeds,
     combination_label,
     drawable,
     generate,
     image_name,
+    kept_on_interrupt,
     loaded,
     make_grid,
     parse_slider_arg,
     plan_run,
+    write_kept,
     write_png,
 )
 from .shapes.measure import centroid_shift, measure, outside_change, shape_mask
@@ -476,8 +481,13 @@ def _evaluate(
     slider_names: Sequence[str] | None,
     slider_paths: Sequence[str | Path] | None,
     fused: bool = False,
+    on_sample: Callable[[Sample, bool], None] | None = None,
+    processes: Processes | None = None,
 ) -> tuple[dict, list[Sample], list[Sample]]:
-    """`evaluate`, also returning the slider samples (reference included) and the baseline samples."""
+    """`evaluate`, also returning the slider samples (reference included) and the baseline samples.
+
+    `on_sample(sample, baseline)` is called with each image as soon as it is made. With several
+    `processes` each makes its share of the images and every process gets them all (`generate`)."""
     started = time.perf_counter()
     measurer = get_measurer(measurer)
     target = _check_target(target, tuple(measurer.numeric), _measurer_name(measurer))
@@ -496,18 +506,22 @@ def _evaluate(
                     negative_prompt=negative_prompt, fused=fused)
     zeros = [(0.0,)] * len(sliders)
 
-    samples = generate(pipe, sliders, lists, prompts, seeds, **settings)
+    slider_sample = None if on_sample is None else (lambda sample: on_sample(sample, False))
+    baseline_sample = None if on_sample is None else (lambda sample: on_sample(sample, True))
+    samples = generate(pipe, sliders, lists, prompts, seeds, **settings, on_sample=slider_sample, processes=processes)
     in_grid = all(0.0 in scales for scales in lists)
     if not in_grid:
         # Same prompt, seed and settings with every slider at 0: the image the grid would have had.
         logger.info("0 is not in every scale list; generating the reference images separately")
-        samples += generate(pipe, sliders, zeros, prompts, seeds, **settings)
+        samples += generate(pipe, sliders, zeros, prompts, seeds, **settings, on_sample=slider_sample,
+                            processes=processes)
         seed_order = {seed: n for n, seed in enumerate(seeds)}
         samples.sort(key=lambda s: (s.prompt_index, seed_order[s.seed], s.multipliers))
     baseline_samples: list[Sample] = []
     if baseline_prompts is not None:
         # Prompt editing, the paper's comparison: the edited prompt, same seeds, every slider at 0.
-        baseline_samples = generate(pipe, sliders, zeros, baseline_prompts, seeds, **settings)
+        baseline_samples = generate(pipe, sliders, zeros, baseline_prompts, seeds, **settings,
+                                    on_sample=baseline_sample, processes=processes)
 
     references = {_key(s): s.image for s in samples if _is_zero(s.multipliers)}
     rows = measure_samples(samples, measurer, kind="slider", references=references)
@@ -793,14 +807,8 @@ def plot_report(report: Mapping) -> "Image.Image":
 
 def _write_text(text: str, path: Path) -> Path:
     """Write through a temporary file in the same folder, renamed into place."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with atomic_path(path) as temporary:
+        Path(temporary).write_text(text, encoding="utf-8")
     return path
 
 
@@ -814,7 +822,7 @@ def write_report(report: Mapping, output_dir: str | Path) -> dict[str, Path]:
         "markdown": _write_text(report_markdown(report), output / REPORT_MD),
         "plot": write_png(plot_report(report), output / REPORT_PLOT),
     }
-    logger.info("wrote %s, %s and %s", *paths.values())
+    logger.debug("wrote %s, %s and %s", *paths.values())
     return paths
 
 
@@ -973,31 +981,50 @@ def run_evaluation(
     measurer_instance = measurer_class() if measurer_class else measurer
 
     names = list(plan.slider_names)
-    with loaded(plan, loader=load_pipeline) as (pipe, sliders):
-        report, samples, baseline_samples = _evaluate(
-            pipe, sliders, plan.scale_lists, plan.prompts, plan.seeds, measurer=measurer_instance, target=target,
-            baseline_prompts=baseline_prompts, start_noise=plan.start_noise, steps=plan.steps,
-            guidance_scale=plan.guidance_scale, height=plan.resolution, width=plan.resolution,
-            negative_prompt=plan.negative_prompt, slider_names=names, slider_paths=[spec.path for spec in plan.specs],
-            fused=fused,
-        )
+    output = plan.output
+    # Under `accelerate launch` each process makes its share of the images on its own device; the
+    # main process measures them all and writes the one report.
+    processes = start_processes(plan.device)
+    plan = dataclasses.replace(plan, device=processes.device)
+    folder = output / IMAGES_FOLDER
+    made: list[Sample] = []
+
+    def keep(sample: Sample, baseline: bool) -> None:
+        """With --save_images, write each image as soon as it is made: an interruption keeps them."""
+        if not baseline:
+            made.append(sample)
+        name = "baseline_" + image_name(sample, []) if baseline else image_name(sample, names)
+        write_kept(sample.image, folder / name, made)
+
+    with processes.guard(), kept_on_interrupt(made, names, folder, output / GRID_NAME):
+        if processes.is_main:
+            check_output_folder(output)
+        processes.check()
+        with loaded(plan, loader=load_pipeline) as (pipe, sliders):
+            report, samples, baseline_samples = _evaluate(
+                pipe, sliders, plan.scale_lists, plan.prompts, plan.seeds, measurer=measurer_instance, target=target,
+                baseline_prompts=baseline_prompts, start_noise=plan.start_noise, steps=plan.steps,
+                guidance_scale=plan.guidance_scale, height=plan.resolution, width=plan.resolution,
+                negative_prompt=plan.negative_prompt, slider_names=names,
+                slider_paths=[spec.path for spec in plan.specs], fused=fused, on_sample=keep if images else None,
+                processes=processes,
+            )
 
     report["settings"].update(
         {"base_model": plan.model, "precision": plan.precision, "device": str(plan.device),
          "resolution": plan.resolution}
     )
-    output = plan.output
-    paths = write_report(report, output)
+    if not processes.is_main:  # the main process writes the one report
+        return {"json": output / REPORT_JSON, "markdown": output / REPORT_MD, "plot": output / REPORT_PLOT}
+    try:
+        paths = write_report(report, output)
+    except OSError as error:
+        raise OutputError(f"could not write the report into '{output}' ({error.strerror or error})"
+                          + (f"; the images are kept in '{folder}'" if images else "")) from None
     if images:
-        folder = output / IMAGES_FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
-        for sample in samples:
-            write_png(sample.image, folder / image_name(sample, names))
-        for sample in baseline_samples:
-            write_png(sample.image, folder / ("baseline_" + image_name(sample, [])))
         paths["images"] = folder
-        paths["grid"] = write_png(make_grid(samples, names), output / GRID_NAME)
+        paths["grid"] = write_kept(make_grid(samples, names), output / GRID_NAME, samples)
         if baseline_samples:
-            paths["baseline_grid"] = write_png(make_grid(baseline_samples, names), output / BASELINE_GRID_NAME)
+            paths["baseline_grid"] = write_kept(make_grid(baseline_samples, names), output / BASELINE_GRID_NAME, samples)
         logger.info("wrote %d images to %s", len(samples) + len(baseline_samples), folder)
     return paths

@@ -44,8 +44,22 @@ def parse_device(value: str | int | None) -> torch.device:
         device = torch.device(text)
     except RuntimeError:
         raise InputError(f"--device {value!r} is not a device; use cpu, cuda, cuda:1 or a GPU index") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {value!r} asks for CUDA, but no CUDA GPU is available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {value!r} is not a device sliders runs on; use cpu, cuda, cuda:1, mps or a GPU index")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise InputError(f"--device {value!r}: there is one CPU device; use --device cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {value!r} asks for CUDA, but no CUDA GPU is available here; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InputError(f"--device {value!r} asks for GPU {device.index}, but this machine has {count} "
+                             f"(cuda:0 to cuda:{count - 1}); pick one of them")
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"--device {value!r} asks for Apple's MPS, which is not available here; use --device cpu")
+        if device.index not in (None, 0):
+            raise InputError(f"--device {value!r}: there is one MPS device; use --device mps")
     return device
 
 
@@ -255,12 +269,19 @@ def denoise_states(
     return states
 
 
-def jump_plan(stops: Sequence[int], max_calls: int) -> list[int]:
-    """Schedule indices a coarse run visits: at most `max_calls` even jumps from 0 to max(stops),
-    plus every stop (each stop costs one more call where it is not already on the way)."""
+def jump_plan(stops: Sequence[int], max_calls: int, spacing: str = "late") -> list[int]:
+    """Schedule indices a coarse run visits: at most `max_calls` jumps from 0 to max(stops), plus
+    every stop (each stop costs one more call where it is not already on the way). `even` jumps are
+    of equal length; `late` ones shorten towards the end (positions end * (1 - (1 - i/n)^2)), so the
+    last steps before x_k, which set its detail, are the finest."""
     end = max(stops)
-    even = {round(end * i / max_calls) for i in range(max_calls + 1)} if end > max_calls else set(range(end + 1))
-    return sorted(even | set(stops) | {0})
+    if end <= max_calls:
+        visited = set(range(end + 1))
+    elif spacing == "late":
+        visited = {round(end * (1 - (1 - i / max_calls) ** 2)) for i in range(max_calls + 1)}
+    else:
+        visited = {round(end * i / max_calls) for i in range(max_calls + 1)}
+    return sorted(visited | set(stops) | {0})
 
 
 @torch.no_grad()

@@ -151,13 +151,19 @@ class TextObjective:
         bidirectional: bool = False,
         fused_denoising: bool = False,
         xk_max_steps: int | None = None,
+        xk_spacing: str = "late",
         trajectory_reuse: int = 1,
+        compile_unet: bool = False,
     ):
         if max_denoising_steps < 2:
             raise InputError("train.max_denoising_steps must be at least 2 for text sliders")
         self.entries = list(entries)
         self.embeddings = embeddings
         self.unet = unet
+        # The no-grad calls (partial denoising, frozen predictions) may run a compiled UNet: the same
+        # math with less host overhead. The slider's hooks are traced with it; the multiplier is read
+        # from a tensor, so switching it between 0 and 1 reuses the two compiled graphs.
+        self.nograd_unet = torch.compile(unet, dynamic=False) if compile_unet else unet
         self.scheduler = scheduler
         self.network = network
         self.total_steps = max_denoising_steps
@@ -167,6 +173,7 @@ class TextObjective:
         self.bidirectional = bidirectional
         self.fused_denoising = fused_denoising
         self.xk_max_steps = xk_max_steps
+        self.xk_spacing = xk_spacing
         self.trajectory_reuse = trajectory_reuse
         self.stats = None  # a RunStats, when the trainer times phases
         self._queue: list[_StartPoint] = []
@@ -198,10 +205,10 @@ class TextObjective:
             self.network.fused() if self.fused_denoising else nullcontext()
         ):
             if self.xk_max_steps is None:
-                states = denoise_states(self.unet, self.scheduler, latents, ks, self.total_steps, *args, generator)
+                states = denoise_states(self.nograd_unet, self.scheduler, latents, ks, self.total_steps, *args, generator)
             else:
-                plan = jump_plan(ks, self.xk_max_steps)
-                states = denoise_jumps(self.unet, self.scheduler, latents, plan, self.total_steps, *args)
+                plan = jump_plan(ks, self.xk_max_steps, self.xk_spacing)
+                states = denoise_jumps(self.nograd_unet, self.scheduler, latents, plan, self.total_steps, *args)
         self._queue = [_StartPoint(entry, k, cond, states[k], self._steps) for k in ks]
 
     def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
@@ -216,7 +223,7 @@ class TextObjective:
         batch = entry.batch_size
         with self._phase("frozen_predictions"), torch.no_grad(), self.network.scaled(0.0):
             frozen = predict_noise(
-                self.unet,
+                self.nograd_unet,
                 inputs.repeat(3, 1, 1, 1),
                 timestep,
                 Conditioning.cat([cond["positive"], cond["neutral"], cond["unconditional"]]),
@@ -229,17 +236,44 @@ class TextObjective:
             terms.append(Term(inputs, timestep, cond["target"], mirrored, -1.0))
         return terms
 
+    def state_dict(self) -> dict[str, object]:
+        """What a resumed run needs to continue exactly: the step count, the staleness seen and, with
+        `trajectory_reuse`, the starting points still queued (entry index, k, time ids, latents)."""
+        return {
+            "steps": self._steps,
+            "staleness": list(self.staleness),
+            "queue": [
+                {"entry": self.entries.index(p.entry), "k": p.k, "time_ids": p.cond["target"].time_ids,
+                 "latents": p.latents, "made_at": p.made_at}
+                for p in self._queue
+            ],
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        self._steps = int(state["steps"])
+        self.staleness = [int(s) for s in state["staleness"]]
+        self._queue = []
+        for point in state["queue"]:
+            entry = self.entries[point["entry"]]
+            ids = point["time_ids"]
+            cond = {role: conditioning(self.embeddings, text, ids) for role, text in zip(
+                ("target", "positive", "unconditional", "neutral"), entry.roles())}
+            self._queue.append(_StartPoint(entry, int(point["k"]), cond, point["latents"].to(self.device), int(point["made_at"])))
+
     def describe(self) -> dict[str, object]:
         """What the options change in what is learned, with the staleness actually seen (stats.json)."""
         return {
             "xk_source": "faithful: k scheduler steps with the current slider"
             if self.xk_max_steps is None
-            else f"at most {self.xk_max_steps} DDIM jumps to the same noise level, with the current slider",
+            else f"at most {self.xk_max_steps} DDIM jumps ({self.xk_spacing} spacing) to the same noise level, "
+            "with the current slider",
             "xk_max_steps": self.xk_max_steps,
+            "xk_spacing": self.xk_spacing if self.xk_max_steps is not None else None,
             "trajectory_reuse": self.trajectory_reuse,
             "xk_staleness_steps_max": max(self.staleness, default=0),
             "xk_staleness_steps_mean": sum(self.staleness) / max(len(self.staleness), 1),
             "fused_denoising": self.fused_denoising,
+            "compiled_nograd_unet": self.nograd_unet is not self.unet,
             "bidirectional": self.bidirectional,
         }
 

@@ -13,23 +13,29 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
+import json
 import logging
 import math
-import os
 import re
-import tempfile
+import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from .config import PRECISION_ALIASES
-from .errors import InputError
+from .distributed import SINGLE, Processes
+from .distributed import start as start_processes
+from .errors import InputError, Interrupted, OutputError, Terminated
+from .files import atomic_path
 from .models import DTYPES, load_pipeline, parse_device, vae_factor
+from .prompts import MAX_RESOLUTION
 from .network import SliderNetwork, load_slider, read_slider_file
+from .runs import check_writable_folder
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -38,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RESOLUTION = 1024
 MAX_TIMESTEP = 1000
+MAX_SCALE = 100  # a slider far beyond its trained range gives only noise; 1e30 overflows to a black image
 GRID_NAME = "grid.png"
 
 # Grid layout, in pixels. The row-label band has a fixed width so a grid's size depends only on
@@ -80,6 +87,9 @@ def _finite_float(value: Any, what: str) -> float:
         raise InputError(f"{what} has {value!r}, which is not a number; give numbers such as -2,0,2") from None
     if not math.isfinite(number):
         raise InputError(f"{what} has {value!r}, which is not finite; give finite numbers such as -2,0,2")
+    if abs(number) > MAX_SCALE:
+        raise InputError(f"{what} has {value!r}; slider scales from -{MAX_SCALE} to {MAX_SCALE} are meaningful "
+                         "(sliders are trained at about -2 to 2)")
     # -0.0 would otherwise be labelled and named "-0", a different file from "+0".
     return number + 0.0
 
@@ -110,7 +120,7 @@ def parse_slider_arg(text: str) -> SliderSpec:
         except InputError:
             # A slider file followed by something that is not scales is a typo in the scales, not a
             # file name with a colon; say so rather than "file does not exist".
-            if head.lower().endswith(".safetensors"):
+            if head.lower().endswith((".safetensors", ".pt", ".ckpt", ".pth")):
                 raise
         else:
             return SliderSpec(Path(head), scales)
@@ -164,8 +174,9 @@ def check_prompts(prompts: Sequence[Any]) -> tuple[str, ...]:
 
 
 def _check_settings(steps: Any, start_noise: Any, guidance_scale: Any) -> tuple[int, float, float]:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"--steps must be a whole number >= 1, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TIMESTEP:
+        raise InputError(f"--steps must be a whole number from 1 to {MAX_TIMESTEP} (the noise schedule's length), "
+                         f"got {steps!r}")
     if isinstance(start_noise, bool) or not isinstance(start_noise, (int, float)) or not math.isfinite(start_noise):
         raise InputError(f"--start_noise must be a number from 0 to {MAX_TIMESTEP}, got {start_noise!r}")
     if not 0 <= start_noise <= MAX_TIMESTEP:
@@ -180,6 +191,8 @@ def _check_settings(steps: Any, start_noise: Any, guidance_scale: Any) -> tuple[
 def _check_multiple(value: Any, multiple: int, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < multiple or value % multiple:
         raise InputError(f"{what} {value!r} must be a positive multiple of {multiple}; pick e.g. 512 or 1024")
+    if value > MAX_RESOLUTION:
+        raise InputError(f"{what} {value!r} is larger than {MAX_RESOLUTION}; pick e.g. 512 or 1024")
 
 
 def _check_size(height: Any, width: Any, factor: int, what: str = "image") -> None:
@@ -289,6 +302,9 @@ def generate(
     width: int,
     negative_prompt: str = "",
     fused: bool = False,
+    on_sample: Callable[[Sample], None] | None = None,
+    encoded: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    processes: Processes | None = None,
 ) -> list[Sample]:
     """One image per prompt x seed x combination of slider scales (cartesian product of `scale_lists`).
 
@@ -297,6 +313,14 @@ def generate(
     prompt, then seed, then combination. Every slider's multiplier is 0 afterwards, also on error.
     `fused` folds the sliders into the UNet weights for the steps they are on (`SliderNetwork.fused`:
     the same images up to float rounding, faster); the weights are put back after each image.
+    `on_sample` is called with each image as soon as it is made (to write it, so that an
+    interruption keeps the images already made).
+    `encoded` maps each prompt to the pipeline's embedding arguments (`prompt_embeds`,
+    `pooled_prompt_embeds` and their negatives), computed beforehand: the pipeline then needs no text
+    encoder (training previews). With several `processes` the images are split by index modulo the
+    number of processes, each made exactly as one process makes it (same latents, same generator),
+    then gathered: every process returns them all, in order; `on_sample` is called on the main
+    process only, once they are gathered.
     """
     if len(sliders) != len(scale_lists):
         raise ValueError(f"{len(sliders)} sliders but {len(scale_lists)} scale lists; give one list per slider")
@@ -318,12 +342,18 @@ def generate(
     # An empty negative prompt is passed as None: SDXL then uses zero embeddings
     # (force_zeros_for_empty_prompt), as a plain pipeline call without one does.
     negative = negative_prompt or None
+    processes = processes or SINGLE
     samples: list[Sample] = []
+    failure: Exception | None = None
+    index = -1
     try:
         for prompt_index, prompt in enumerate(prompts):
             for seed in seeds:
                 latents = initial_latents(seed, channels, height // factor, width // factor)
                 for scales in combinations:
+                    index += 1
+                    if not processes.mine(index):
+                        continue
                     logger.debug("prompt %d seed %d scales %s", prompt_index, seed, scales)
                     with contextlib.ExitStack() as stack:
                         fuse = stack if fused else None
@@ -331,9 +361,10 @@ def generate(
                         # image ended at the same multipliers.
                         _apply(sliders, [0.0] * len(sliders))
                         _switch(sliders, multipliers_at(first, scales, start_noise_value), fuse)
+                        text = dict(encoded[prompt]) if encoded is not None else {
+                            "prompt": prompt, "negative_prompt": negative}
                         result = pipe(
-                            prompt=prompt,
-                            negative_prompt=negative,
+                            **text,
                             num_inference_steps=steps,
                             guidance_scale=guidance,
                             # The pipeline moves latents to its execution device itself (which also
@@ -348,9 +379,24 @@ def generate(
                             output_type="pil",
                         )
                     samples.append(Sample(prompt_index, prompt, seed, tuple(scales), result.images[0]))
+                    if on_sample is not None and not processes.several:
+                        on_sample(samples[-1])
+    except Exception as error:
+        if not processes.several:
+            raise
+        failure = error  # told to the other processes below, so that none waits for this one
     finally:
         _apply(sliders, [0.0] * len(sliders))
-    return samples
+    if not processes.several:
+        return samples
+    processes.check(failure)
+    shares = processes.gather(samples)
+    # Process r made items r, r + N, r + 2N, ...: interleave the shares back into generation order.
+    gathered = [shares[i % processes.world][i // processes.world] for i in range(index + 1)]
+    if on_sample is not None and processes.is_main:
+        for sample in gathered:
+            on_sample(sample)
+    return gathered
 
 
 # --------------------------------------------------------------------------------------------------
@@ -476,14 +522,8 @@ def make_grid(samples: Sequence[Sample], slider_names: Sequence[str]) -> "Image.
 
 def write_png(image: "Image.Image", path: Path) -> Path:
     """Save as PNG through a temporary file in the same folder, renamed into place."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG")
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
     return path
 
 
@@ -505,6 +545,33 @@ def _slider_names(paths: Sequence[Path]) -> list[str]:
             name, count = f"{path.stem}_{count}", count + 1
         names.append(name)
     return names
+
+
+def check_slider_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """What a slider file holds, checked before any model loads: UNet LoRA keys of a known naming, a
+    down and an up weight for every layer, and only finite numbers (a diverged slider, NaN or
+    infinite, gives black images: refused with its layer named). Whether the layers fit the base
+    model is checked when it is loaded (`network.load_slider`)."""
+    from .formats import SDXL_BASE_UNET_CONFIG, parse_tensors
+
+    config = dict(SDXL_BASE_UNET_CONFIG)
+    try:  # the recorded UNet config places LDM names exactly; SDXL's serves for the key check otherwise
+        config = dict(json.loads(metadata["sliders_unet_config"]))
+    except (KeyError, TypeError, ValueError):
+        pass
+    where = f"slider file '{path}'"
+    parsed = parse_tensors(tensors, metadata, config, where)
+    if not parsed.layers:
+        raise InputError(f"{where} holds no UNet LoRA weights; re-train or re-save it")
+    for parts in parsed.layers.values():
+        if parts.down is None or parts.up is None:
+            raise InputError(f"{where} lacks the down or up weight of '{parts.key}'; the file is incomplete")
+        for which, tensor in (("down", parts.down), ("up", parts.up)):
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise InputError(f"{where} has NaN or infinite {which} weights in layer '{parts.key}' (its training "
+                                 "diverged); use an earlier checkpoint of the run")
+        if parts.alpha is not None and not math.isfinite(parts.alpha):
+            raise InputError(f"{where} has a non-finite alpha in layer '{parts.key}'; the file is damaged")
 
 
 @dataclass(frozen=True)
@@ -564,7 +631,8 @@ def plan_run(
     specs = tuple(specs)
     metadatas = []
     for spec in specs:
-        _, metadata = read_slider_file(spec.path)
+        tensors, metadata = read_slider_file(spec.path)
+        check_slider_file(spec.path, tensors, metadata)
         metadatas.append(metadata)
     global_scales: tuple[float, ...] | None = None
     if any(spec.scales is None for spec in specs):
@@ -599,7 +667,11 @@ def plan_run(
     _check_multiple(resolution, 8, "--resolution")
 
     output = Path(output)
-    if output.exists() and not output.is_dir():
+    try:
+        occupied = output.exists() and not output.is_dir()
+    except OSError:  # a name too long, say: `check_output_folder` says so before the model loads
+        occupied = False
+    if occupied:
         raise InputError(f"output '{output}' exists and is not a folder; choose another --output")
     return RunPlan(
         specs=specs,
@@ -671,25 +743,75 @@ def run_sampling(
         guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
         resolution=resolution, negative_prompt=negative_prompt,
     )
-    with loaded(plan) as (pipe, sliders):
-        samples = generate(
-            pipe,
-            sliders,
-            plan.scale_lists,
-            plan.prompts,
-            plan.seeds,
-            start_noise=plan.start_noise,
-            steps=plan.steps,
-            guidance_scale=plan.guidance_scale,
-            height=plan.resolution,
-            width=plan.resolution,
-            negative_prompt=plan.negative_prompt,
-            fused=fused,
-        )
-
+    # Under `accelerate launch` each process makes its share of the images on its own device; the
+    # main process writes them all (`generate` gathers them).
+    processes = start_processes(plan.device)
+    plan = dataclasses.replace(plan, device=processes.device)
     output, names = plan.output, plan.slider_names
-    output.mkdir(parents=True, exist_ok=True)
-    paths = [write_png(sample.image, output / image_name(sample, names)) for sample in samples]
-    grid_path = write_png(make_grid(samples, names), output / GRID_NAME)
-    logger.info("wrote %d images and %s", len(paths), grid_path)
+    samples: list[Sample] = []
+    paths: list[Path] = []
+
+    def keep(sample: Sample) -> None:
+        """Write each image as soon as it is made: an interruption keeps what was made."""
+        samples.append(sample)  # in the grid even if Ctrl-C comes while it is written
+        paths.append(write_kept(sample.image, output / image_name(sample, names), samples[:-1]))
+
+    grid_path = output / GRID_NAME
+    with processes.guard(), kept_on_interrupt(samples, names, output, output / GRID_NAME):
+        if processes.is_main:
+            check_output_folder(plan.output)
+        processes.check()
+        with loaded(plan) as (pipe, sliders):
+            generate(
+                pipe,
+                sliders,
+                plan.scale_lists,
+                plan.prompts,
+                plan.seeds,
+                start_noise=plan.start_noise,
+                steps=plan.steps,
+                guidance_scale=plan.guidance_scale,
+                height=plan.resolution,
+                width=plan.resolution,
+                negative_prompt=plan.negative_prompt,
+                fused=fused,
+                on_sample=keep,
+                processes=processes,
+            )
+        if processes.is_main:
+            write_kept(make_grid(samples, names), grid_path, samples)
+    logger.debug("wrote %d images and %s", len(paths), grid_path)
     return paths, grid_path
+
+
+def check_output_folder(output: Path) -> Path:
+    """An output folder that can be made and written, checked before any model loads (nothing is left behind)."""
+    return check_writable_folder(output, "output folder", "choose another --output")
+
+
+@contextmanager
+def kept_on_interrupt(samples: list[Sample], names: Sequence[str], folder: Path, grid: Path) -> Iterator[None]:
+    """Ctrl-C or SIGTERM in the block: write the grid of the `samples` made so far (their images are
+    written already) and raise `Interrupted` saying what was kept. A failed write says what was kept."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        number = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
+        if not samples:
+            raise Interrupted("no image was written", number) from None
+        try:
+            write_png(make_grid(samples, names), grid)
+        except OSError as error:
+            raise Interrupted(f"kept {len(samples)} images in '{folder}'; the grid could not be written "
+                              f"({error.strerror or error})", number) from None
+        raise Interrupted(f"kept {len(samples)} images in '{folder}' and their grid '{grid}'", number) from None
+
+
+def write_kept(image: "Image.Image", path: Path, kept: Sequence[Sample]) -> Path:
+    """`write_png`, with a failed write (disk full, folder removed) one `OutputError` saying what is kept."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_png(image, path)
+    except OSError as error:
+        raise OutputError(f"could not write '{path}' ({error.strerror or error}); kept the {len(kept)} images "
+                          f"written before it in '{path.parent}'") from None

@@ -8,7 +8,6 @@ sample through a gradient hook on that call's output), times named phases, and w
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
@@ -18,8 +17,12 @@ from typing import Iterator, Mapping
 
 import torch
 
+from .files import atomic_path
+
 # The phases a training step is split into; whatever falls outside them is reported as "other".
-PHASES = ("partial_denoising", "frozen_predictions", "slider_forward_backward", "optimizer")
+# `gradient_averaging` is the all-reduce of several processes; `previews` the training previews.
+PHASES = ("partial_denoising", "frozen_predictions", "slider_forward_backward", "gradient_averaging", "optimizer",
+          "previews")
 
 
 class RunStats:
@@ -33,6 +36,7 @@ class RunStats:
         self.backward_samples = 0
         self.seconds = {phase: 0.0 for phase in PHASES}
         self.options: dict[str, object] = {}
+        self.processes = 1  # how many processes' samples the counts hold (`combine`)
         self._started = time.perf_counter()
         self._loop_started: float | None = None
         self._handle = None
@@ -59,6 +63,13 @@ class RunStats:
 
     def _count_backward(self, batch: int) -> None:
         self.backward_samples += batch
+
+    def combine(self, processes) -> None:
+        """Sum the UNet counts over the processes of a run (a `distributed.Processes`); call on every
+        process at the same point. Iterations stay optimizer steps; seconds stay this process's."""
+        self.unet_calls, self.forward_samples, self.backward_samples = (int(v) for v in processes.sum(
+            [self.unet_calls, self.forward_samples, self.backward_samples]))
+        self.processes = processes.world
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -94,6 +105,7 @@ class RunStats:
         per = max(self.iterations, 1)
         return {
             "iterations": self.iterations,
+            "processes": self.processes,
             "unet_calls": self.unet_calls,
             "unet_forward_samples": self.forward_samples,
             "unet_backward_samples": self.backward_samples,
@@ -115,8 +127,6 @@ class RunStats:
 
     def write(self, path: str | Path, extra: Mapping[str, object] | None = None) -> Path:
         """Write `stats.json` atomically (temporary file, then rename)."""
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-        return path
+        with atomic_path(path) as temporary:
+            Path(temporary).write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")
+        return Path(path)

@@ -2,7 +2,9 @@
 
 Setup (seed, models, prompt embeddings, network, optimizer, LR schedule), the loop (one objective
 step, slider predictions with backward inside the multiplier scope, optimizer and schedule steps,
-progress bar, logging) and checkpoints. What a step trains on comes from `objectives.py`.
+progress bar, logging) and checkpoints, each with the training state that resumes the run exactly
+(`runs.py` writes and finds it); SIGINT/SIGTERM save one at the current step. What a step trains on
+comes from `objectives.py`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ import importlib
 import json
 import logging
 import math
+import os
 import random
+import signal
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,13 +28,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import Config, config_to_dict, run_folder_name, save_config
+from .config import Config, SaveConfig, config_to_dict, run_folder_name, save_config
 from .data import LatentSource, PairedFolders
-from .errors import InputError, TrainingError
+from .distributed import SINGLE, Processes, process_seed
+from .errors import InputError, Interrupted, Terminated, TrainingError
 from .models import DTYPES, encode_prompts, load_pipeline, make_scheduler, predict_noise, vae_factor
 from .network import SliderNetwork
 from .objectives import ImageObjective, TextObjective, image_prompts
+from .previews import Previews, encode_preview_prompts, make_previews, preview_path
 from .prompts import PromptEntry, distinct_prompts
+from .runs import RunFolder, ResumePoint, checkpoint_path, prepare_run_folder, read_state, state_paths, write_state
+from .sampling import write_png
 from .stats import RunStats
 
 logger = logging.getLogger(__name__)
@@ -45,19 +56,25 @@ def run_folder(config: Config) -> Path:
     return Path(config.save.path) / run_folder_name(config)
 
 
-def check_output(config: Config, overwrite: bool) -> Path:
-    """Refuse to train over an earlier run's slider unless asked to; checked before any model loads."""
-    folder = run_folder(config)
-    for parent in (folder, *folder.parents):
-        if parent.exists() and not parent.is_dir():
-            raise InputError(
-                f"'{parent}' is a file, so the run folder '{folder}' cannot be made there; "
-                "choose another --output_dir (save.path) or --name"
-            )
-    last = folder / f"{config.save.name}_last.safetensors"
-    if last.exists() and not overwrite:
-        raise InputError(f"'{last}' already exists; choose another --name or --output_dir, or pass --overwrite")
-    return folder
+BNB_OPTIMIZERS = ("adamw8bit", "adam8bit", "lion8bit", "lion")
+
+
+def check_training_inputs(config: Config) -> None:
+    """What only torch or an optional package can judge, checked before any model loads: the optimizer
+    and its `optimizer_args` (built once on a dummy parameter) and the logging packages asked for."""
+    name, args = config.train.optimizer, config.train.optimizer_args
+    dummy = torch.nn.Parameter(torch.zeros(2))
+    optimizer = make_optimizer(name, [dummy], config.train.lr, args)
+    if name not in BNB_OPTIMIZERS:  # bitsandbytes steps only on a GPU: its arguments are checked by the constructor
+        dummy.grad = torch.ones_like(dummy)
+        try:
+            optimizer.step()
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise InputError(f"train.optimizer_args {args!r} do not work with optimizer '{name}': {error}") from None
+    if config.logging.tensorboard_dir:
+        _optional("torch.utils.tensorboard", "tensorboard", "logging.tensorboard_dir")
+    if config.logging.use_wandb:
+        _optional("wandb", "wandb", "logging.use_wandb")
 
 
 def parse_optimizer_args(text: str) -> dict:
@@ -114,7 +131,7 @@ def make_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float, a
     }
     try:
         return builders[name]()
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise InputError(f"train.optimizer_args {args!r} do not fit optimizer '{name}': {error}") from None
 
 
@@ -147,9 +164,11 @@ def make_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, iterations: i
 class _Loggers:
     """Optional TensorBoard and Weights & Biases scalars; silent when neither is configured."""
 
-    def __init__(self, config: Config, folder: Path):
+    def __init__(self, config: Config, folder: Path, enabled: bool = True):
         self.writer = None
         self.wandb = None
+        if not enabled:  # a process other than the main one of a multi-process run
+            return
         if config.logging.tensorboard_dir:
             tensorboard = _optional("torch.utils.tensorboard", "tensorboard", "logging.tensorboard_dir")
             self.writer = tensorboard.SummaryWriter(config.logging.tensorboard_dir)
@@ -163,6 +182,15 @@ class _Loggers:
                 self.writer.add_scalar(key, value, step)
         if self.wandb is not None:
             self.wandb.log(values, step=step)
+
+    def image(self, step: int, name: str, image) -> None:
+        """A PIL image (a preview grid) to TensorBoard and Weights & Biases."""
+        if self.writer is not None:
+            import numpy as np
+
+            self.writer.add_image(name, np.asarray(image.convert("RGB")), step, dataformats="HWC")
+        if self.wandb is not None:
+            self.wandb.log({name: self.wandb.Image(image)}, step=step)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -178,16 +206,33 @@ class Setup:
     scheduler: object
     embeddings: dict
     network: SliderNetwork
-    stats: RunStats  # started before the model loads, so its total includes setup
+    stats: RunStats = dataclasses.field(default_factory=RunStats)  # started before the model loads: its total includes setup
+    previews: Previews | None = None  # with `sample.every`
 
 
-def setup(config: Config, prompts: Sequence[str], device: torch.device, *, keep_vae: bool) -> Setup:
-    """Load the base model, embed every distinct prompt once, attach a fresh slider network."""
+def setup(
+    config: Config, prompts: Sequence[str], device: torch.device, *, keep_vae: bool,
+    preview_prompts: Sequence[str] = (), resolution: int = 512,
+) -> Setup:
+    """Load the base model, embed every distinct prompt once, attach a fresh slider network.
+
+    With `sample.every`, also the previews: their prompts (`sample.prompts`, else `preview_prompts`)
+    are encoded with the training prompts, at `sample.resolution`, else `resolution`.
+    """
     stats = RunStats(device)
     dtype = DTYPES[config.train.precision]
     pipe = load_pipeline(config.pretrained_model.name_or_path, dtype=dtype, device="cpu")
+    clip_skip = config.pretrained_model.clip_skip or 0
+    depth = min(pipe.text_encoder.config.num_hidden_layers, pipe.text_encoder_2.config.num_hidden_layers)
+    if clip_skip > depth - 1:  # known only now: the encoders' depth comes with the model
+        raise InputError(f"config key 'pretrained_model.clip_skip' is {clip_skip}, but this model's text encoders "
+                         f"have {depth} layers; use at most {depth - 1}")
     encoders = [pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)]
     embeddings = encode_prompts([pipe.tokenizer, pipe.tokenizer_2], encoders, prompts, config.pretrained_model.clip_skip)
+    preview_prompts = tuple(config.sample.prompts) or tuple(preview_prompts)
+    preview_text = None
+    if config.sample.every:  # encoded now, while the text encoders are on the device
+        preview_text = encode_preview_prompts(pipe, preview_prompts, device, config.pretrained_model.clip_skip)
     for encoder in encoders:
         encoder.to("cpu")  # the text encoders are not needed again: free the device
     unet = pipe.unet.to(device).requires_grad_(False).eval()
@@ -210,7 +255,9 @@ def setup(config: Config, prompts: Sequence[str], device: torch.device, *, keep_
     ).attach()
     scheduler = make_scheduler(config.train.noise_scheduler, config.pretrained_model.v_pred)
     logger.info("slider on %d layers, %d parameters", len(network.loras), sum(p.numel() for p in network.parameters()))
-    return Setup(unet, vae, scheduler, embeddings, network, stats)
+    previews = make_previews(config.sample, pipe, unet, network, preview_prompts, resolution, device,
+                             encoded=preview_text, name=config.save.name)
+    return Setup(unet, vae, scheduler, embeddings, network, stats, previews)
 
 
 def slider_metadata(config: Config, resolution: int, prompts: object) -> dict[str, str]:
@@ -225,49 +272,279 @@ def slider_metadata(config: Config, resolution: int, prompts: object) -> dict[st
     }
 
 
-def train_loop(config: Config, parts: Setup, objective, folder: Path, metadata: dict[str, str]) -> RunResult:
-    """Run `train.iterations` steps of `objective`, saving checkpoints into `folder`."""
+def train_loop(
+    config: Config, parts: Setup, objective, folder: Path, metadata: dict[str, str], resume: ResumePoint | None = None,
+    processes: Processes = SINGLE,
+) -> RunResult:
+    """Run `train.iterations` steps of `objective`, saving checkpoints into `folder`.
+
+    Each step checkpoint has its training state beside it (`sliders.runs`), so `resume` (the latest
+    one) continues the run exactly where it stopped: slider, optimizer, LR schedule, step and every
+    random state. SIGINT and SIGTERM let the current step finish, save a resumable checkpoint at it
+    and raise `Interrupted`. A non-finite loss keeps the last good weights and says where.
+
+    With several `processes` (`accelerate launch`) each draws its own training points from
+    `process_seed(train.seed, rank)` (rank 0: the seed itself, so one process trains as it always
+    did); their gradients are averaged before each optimizer step (`Processes.average_gradients`),
+    the progress bar shows the mean loss, and only the main process writes files. Every step ends in
+    `Processes.check`, where an error or a stop signal in any process stops them all.
+    """
     network, unet = parts.network, parts.unet
     optimizer = make_optimizer(config.train.optimizer, network.trainable_parameters(), config.train.lr, config.train.optimizer_args)
     lr_scheduler = make_lr_scheduler(config.train.lr_scheduler, optimizer, config.train.iterations, config.train.lr)
-    rng = random.Random(config.train.seed)
-    generator = torch.Generator().manual_seed(config.train.seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_config(config, folder / "config.yaml")
-    loggers = _Loggers(config, folder)
-    name, checkpoints, losses = config.save.name, [], []
+    seed = process_seed(config.train.seed, processes.rank)
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    main = processes.is_main
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_config(config, folder / "config.yaml")
+    saver = _Checkpoints(config, folder, metadata, network, optimizer, lr_scheduler, rng, generator, objective)
+    processes.check()  # every process has set up (an error in one stops all here)
+    resume = processes.share(resume)  # found by the main process, which holds the run folder
+    start = 0
+    if resume is not None:
+        start = saver.restore(resume)
+        logger.info("resuming '%s' at step %d of %d", resume.checkpoint, start, config.train.iterations)
+        if not main:  # the state holds the main process's random states: the others draw anew
+            rng.seed(seed + start)
+            generator.manual_seed((seed + start) % 2**64)
+    processes.broadcast_parameters(network.trainable_parameters())
+    loggers = _Loggers(config, folder, enabled=main)
+    previews = parts.previews
+    name, losses = config.save.name, []
     stats = parts.stats
     stats.attach(unet)
     objective.stats = stats
     stats.start_loop()
-    bar = tqdm(range(1, config.train.iterations + 1), desc=name, disable=False)
+    total = config.train.iterations
+    bar = tqdm(range(start + 1, total + 1), desc=name, initial=start, total=total, disable=not main)
+    completed = False
     try:
-        for step in bar:
-            terms = objective.step(rng, generator)
-            with stats.phase("slider_forward_backward"):
-                loss = _train_step(unet, network, terms)
-            if not math.isfinite(loss):
-                raise TrainingError(f"the loss is {loss} at step {step}; lower train.lr or train in fp32/bf16")
-            with stats.phase("optimizer"):
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            stats.iterations = step
-            losses.append(loss)
-            lr = optimizer.param_groups[0]["lr"]
-            bar.set_postfix(loss=f"{loss:.5f}", lr=f"{lr:.2e}")
-            loggers.log(step, {"loss": loss, "lr": lr})
-            if step % config.save.per_steps == 0 and step < config.train.iterations:
-                path = folder / f"{name}_{step}steps.safetensors"
-                checkpoints.append(network.save(path, {**metadata, "sliders_step": str(step)}, config.save.precision))
+        with _Signals() as signals:
+            for step in bar:
+                failure, loss = None, 0.0
+                try:
+                    terms = objective.step(rng, generator)
+                    with stats.phase("slider_forward_backward"):
+                        loss = _train_step(unet, network, terms)
+                except Exception as error:
+                    if not processes.several:
+                        raise
+                    failure = error
+                # One process: (signal received, its loss). Several: whether any was signalled, the mean loss.
+                stop, loss = processes.check(failure, bool(signals.received), loss)
+                if not math.isfinite(loss):
+                    optimizer.zero_grad(set_to_none=True)
+                    raise TrainingError(saver.diverged(step, loss) if main else f"the loss is {loss} at step {step}")
+                with stats.phase("gradient_averaging"):
+                    processes.average_gradients(network.trainable_parameters())
+                with stats.phase("optimizer"):
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                stats.iterations = step - start
+                losses.append(loss)
+                lr = optimizer.param_groups[0]["lr"]
+                bar.set_postfix(loss=f"{loss:.5f}", lr=f"{lr:.2e}")
+                loggers.log(step, {"loss": loss, "lr": lr})
+                if main and step < total and (step % config.save.per_steps == 0 or stop):
+                    saver.save(step)
+                if previews is not None and previews.due(step, total):
+                    _preview(previews, step, folder, stats, unet, loggers, processes)
+                if stop and step < total:
+                    raise Interrupted(
+                        f"saved the resumable checkpoint '{saver.latest}' at step {step} of {total}; "
+                        "continue with the same command and --resume",
+                        signals.received or signal.SIGINT,
+                    )
+            completed = True
     finally:
+        bar.close()
         loggers.close()
         stats.detach()
         describe = getattr(objective, "describe", None)
         stats.options = describe() if describe is not None else {}
-        stats.write(folder / "stats.json")
-    last = network.save(folder / f"{name}_last.safetensors", {**metadata, "sliders_step": str(config.train.iterations)}, config.save.precision)
-    return RunResult(folder, last, checkpoints, losses)
+        if completed:  # every process is here: the counts of all go into stats.json
+            stats.combine(processes)
+        if main:
+            try:
+                stats.write(folder / "stats.json")
+            except OSError as error:
+                logger.warning("could not write %s: %s", folder / "stats.json", error)
+    last = saver.save_last(total) if main else folder / f"{config.save.name}_last.safetensors"
+    processes.check()  # the last meeting point: a failure to save the slider stops every process
+    return RunResult(folder, last, saver.checkpoints, losses)
+
+
+def _preview(previews: Previews, step: int, folder: Path, stats: RunStats, unet, loggers: _Loggers,
+             processes: Processes) -> None:
+    """Render the preview grid of `step` and write it (main process); its UNet calls are not training's."""
+    stats.detach()
+    try:
+        with stats.phase("previews"):
+            grid = previews.render(processes)
+    finally:
+        stats.attach(unet)
+    if grid is None:
+        return
+    path = preview_path(folder, step)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_png(grid, path)
+    except OSError as error:  # a preview is not worth stopping the training for
+        logger.warning("could not write the preview %s: %s", path, error.strerror or error)
+    loggers.image(step, "samples", grid)
+
+
+class _Signals:
+    """SIGINT and SIGTERM during the loop: remembered, so the step finishes and a checkpoint is saved.
+
+    A second signal stops at once (KeyboardInterrupt, or Terminated for SIGTERM); the last periodic
+    checkpoint is then what is kept. Outside the main thread signals cannot be caught and are left alone.
+    """
+
+    def __init__(self):
+        self.received: int = 0
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        self.received = signum
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class _Checkpoints:
+    """Step checkpoints with their training state, the final slider, and what is kept when a step fails."""
+
+    def __init__(self, config: Config, folder: Path, metadata, network, optimizer, lr_scheduler, rng, generator, objective):
+        self.config, self.folder, self.metadata = config, folder, metadata
+        self.network, self.optimizer, self.lr_scheduler = network, optimizer, lr_scheduler
+        self.rng, self.generator, self.objective = rng, generator, objective
+        self.checkpoints: list[Path] = []
+        self.latest: Path | None = None  # the latest complete, resumable checkpoint
+        self.latest_step = 0
+
+    def _parts(self) -> dict:
+        parts = {
+            "network": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "python_random": self.rng.getstate(),
+            "torch_generator": self.generator.get_state(),
+            "torch_global": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            parts["torch_cuda"] = torch.cuda.get_rng_state_all()
+        state_dict = getattr(self.objective, "state_dict", None)
+        if state_dict is not None:
+            parts["objective"] = state_dict()
+        return parts
+
+    def save(self, step: int) -> Path:
+        """The slider at `step` and, beside it, everything resuming needs; a failed write keeps the slider elsewhere."""
+        path = checkpoint_path(self.folder, self.config.save.name, step)
+        meta = {**self.metadata, "sliders_step": str(step)}
+        try:
+            self.network.save(path, meta, self.config.save.precision, self.config.save.key_format)
+            write_state(path, self._parts(), {
+                "step": step,
+                "config": config_to_dict(self.config),
+                "prompts": self.metadata.get("sliders_prompts"),
+            })
+        except OSError as error:
+            kept = _save_elsewhere(self.network, f"{self.config.save.name}_{step}steps", meta, self.config.save)
+            earlier = f"the last complete checkpoint is '{self.latest}' (step {self.latest_step}, resumable with --resume)" \
+                if self.latest else "no earlier checkpoint was complete"
+            raise TrainingError(f"could not write checkpoint '{path}' ({error.strerror or error}); {kept}; {earlier}") from None
+        if path not in self.checkpoints:
+            self.checkpoints.append(path)
+        if self.latest is not None and self.latest != path:
+            _drop_state(self.latest)  # only the latest state is needed to resume; the sliders stay
+        self.latest, self.latest_step = path, step
+        return path
+
+    def restore(self, point: ResumePoint) -> int:
+        """Load a checkpoint's training state into the network, optimizer, schedule, random states and objective."""
+        parts = read_state(point)
+        try:
+            self.network.load_state_dict(parts["network"])
+            self.optimizer.load_state_dict(parts["optimizer"])
+            self.lr_scheduler.load_state_dict(parts["lr_scheduler"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise InputError(f"training state '{point.state_tensors}' does not fit this run ({str(error).splitlines()[0]}); "
+                             "start again with --overwrite") from None
+        state = parts["python_random"]
+        self.rng.setstate((state[0], tuple(state[1]), state[2]))
+        self.generator.set_state(parts["torch_generator"])
+        torch.set_rng_state(parts["torch_global"])
+        if "torch_cuda" in parts and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(parts["torch_cuda"]))
+        load = getattr(self.objective, "load_state_dict", None)
+        if load is not None and "objective" in parts:
+            load(parts["objective"])
+        self.latest, self.latest_step = point.checkpoint, point.step
+        return point.step
+
+    def diverged(self, step: int, loss: float) -> str:
+        """The message for a non-finite loss at `step`, after keeping the weights of step - 1 (not yet updated)."""
+        good = step - 1
+        finite = all(torch.isfinite(p).all() for p in self.network.parameters())
+        if good >= 1 and finite and self.latest_step != good:
+            try:
+                self.save(good)
+            except TrainingError as error:
+                logger.warning("%s", error)
+        if self.latest is not None:
+            kept = f"kept the last good checkpoint '{self.latest}' (step {self.latest_step})"
+        else:
+            kept = "no slider was kept (nothing was learned before it)"
+        return f"the loss is {loss} at step {step}; {kept}; lower train.lr or train in fp32/bf16"
+
+    def save_last(self, step: int) -> Path:
+        """`{name}_last.safetensors`; when it cannot be written, the slider goes to a fallback path and the error says where."""
+        name = self.config.save.name
+        last = self.folder / f"{name}_last.safetensors"
+        meta = {**self.metadata, "sliders_step": str(step)}
+        try:
+            self.network.save(last, meta, self.config.save.precision, self.config.save.key_format)
+        except OSError as error:
+            kept = _save_elsewhere(self.network, f"{name}_last", meta, self.config.save)
+            raise TrainingError(f"could not write the final slider '{last}' ({error.strerror or error}); {kept}") from None
+        if self.latest is not None:
+            _drop_state(self.latest)  # the run is finished: nothing is left to resume
+        return last
+
+
+def _drop_state(checkpoint: Path) -> None:
+    for path in state_paths(checkpoint):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _save_elsewhere(network: SliderNetwork, stem: str, metadata: dict, save: SaveConfig) -> str:
+    """Save the slider into the temp folder, else the working directory; say where (or that it is lost)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for place in (Path(tempfile.gettempdir()), Path.cwd()):
+        path = place / f"{stem}-{stamp}-{os.getpid()}.safetensors"
+        try:
+            network.save(path, metadata, save.precision, save.key_format)
+        except OSError:
+            continue
+        return f"the slider was saved to '{path}' instead"
+    return f"the slider could not be saved anywhere (tried {tempfile.gettempdir()} and {Path.cwd()})"
 
 
 def _train_step(unet, network: SliderNetwork, terms) -> float:
@@ -284,7 +561,8 @@ def _train_step(unet, network: SliderNetwork, terms) -> float:
 
 def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.device):
     """Models, network, text objective and file metadata of a text slider: everything before the loop."""
-    parts = setup(config, distinct_prompts(entries), device, keep_vae=False)
+    parts = setup(config, distinct_prompts(entries), device, keep_vae=False,
+                  preview_prompts=[entries[0].target], resolution=entries[0].resolution)
     objective = TextObjective(
         entries,
         parts.embeddings,
@@ -297,10 +575,26 @@ def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.d
         bidirectional=config.train.bidirectional,
         fused_denoising=config.train.fused_denoising,
         xk_max_steps=config.train.xk_max_steps,
+        xk_spacing=config.train.xk_spacing,
         trajectory_reuse=config.train.trajectory_reuse,
+        compile_unet=config.train.compile,
     )
-    metadata = slider_metadata(config, entries[0].resolution, [dataclasses.asdict(e) for e in entries])
-    return parts, objective, metadata
+    return parts, objective, slider_metadata(config, entries[0].resolution, text_prompts_record(entries))
+
+
+def text_prompts_record(entries: Sequence[PromptEntry]) -> list[dict]:
+    """The prompt entries as a slider file records them (and a resumed run must match)."""
+    return [dataclasses.asdict(e) for e in entries]
+
+
+def image_prompts_record(pairs: PairedFolders, entry: PromptEntry) -> dict:
+    """The entry and image folders as a slider file records them (and a resumed run must match)."""
+    return {
+        "entry": dataclasses.asdict(entry),
+        "folders": list(pairs.folders),
+        "scales": list(pairs.scales),
+        "captions": pairs.captions is not None,
+    }
 
 
 def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, device: torch.device):
@@ -310,11 +604,13 @@ def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, devi
         ("train.fast", config.train.fast),
         ("train.xk_max_steps", config.train.xk_max_steps is not None and not config.train.fast),
         ("train.trajectory_reuse", config.train.trajectory_reuse != 1),
+        ("train.compile", config.train.compile),
     ) if on]
     if text_only:
         logger.warning("%s has no effect on image sliders: they train on noised images, "
                        "with no partial denoising to fold the slider into or to shorten", ", ".join(text_only))
-    parts = setup(config, image_prompts(pairs, entry), device, keep_vae=True)
+    parts = setup(config, image_prompts(pairs, entry), device, keep_vae=True,
+                  preview_prompts=[entry.positive], resolution=entry.resolution)
     latents = LatentSource(
         pairs, parts.vae, entry.resolution, cache=config.data.cache_latents, device=device
     )
@@ -331,22 +627,31 @@ def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, devi
         device=device,
         folders_per_step=config.data.folders_per_step,
     )
-    prompts = {
-        "entry": dataclasses.asdict(entry),
-        "folders": list(pairs.folders),
-        "scales": list(pairs.scales),
-        "captions": pairs.captions is not None,
-    }
-    return parts, objective, slider_metadata(config, entry.resolution, prompts)
+    return parts, objective, slider_metadata(config, entry.resolution, image_prompts_record(pairs, entry))
 
 
-def train_text_slider(config: Config, entries: Sequence[PromptEntry], device: torch.device) -> RunResult:
-    """Train a slider from prompt entries (SPEC section 2)."""
+def open_run(config: Config, prompts_record: object, *, overwrite: bool = False, resume: bool = False) -> RunFolder:
+    """Check, lock and clear the run folder before any model loads (`sliders.runs.prepare_run_folder`);
+    with `resume`, find the checkpoint to continue from. Release it with `RunFolder.release()`."""
+    return prepare_run_folder(run_folder(config), config.save.name, config_to_dict(config), json.dumps(prompts_record),
+                              overwrite=overwrite, resume=resume)
+
+
+def train_text_slider(
+    config: Config, entries: Sequence[PromptEntry], device: torch.device, run: RunFolder | None = None,
+    processes: Processes = SINGLE,
+) -> RunResult:
+    """Train a slider from prompt entries (SPEC section 2), in `run` (from `open_run`) when given;
+    as one of several `processes` (`distributed.start`), data-parallel (`train_loop`)."""
     parts, objective, metadata = prepare_text(config, entries, device)
-    return train_loop(config, parts, objective, run_folder(config), metadata)
+    return train_loop(config, parts, objective, run_folder(config), metadata, run.resume if run else None, processes)
 
 
-def train_image_slider(config: Config, pairs: PairedFolders, entry: PromptEntry, device: torch.device) -> RunResult:
-    """Train a slider from paired image folders (SPEC section 3)."""
+def train_image_slider(
+    config: Config, pairs: PairedFolders, entry: PromptEntry, device: torch.device, run: RunFolder | None = None,
+    processes: Processes = SINGLE,
+) -> RunResult:
+    """Train a slider from paired image folders (SPEC section 3), in `run` (from `open_run`) when given;
+    as one of several `processes` (`distributed.start`), data-parallel (`train_loop`)."""
     parts, objective, metadata = prepare_image(config, pairs, entry, device)
-    return train_loop(config, parts, objective, run_folder(config), metadata)
+    return train_loop(config, parts, objective, run_folder(config), metadata, run.resume if run else None, processes)

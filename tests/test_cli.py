@@ -81,7 +81,8 @@ def _error_line(capsys):
 def test_train_writes_checkpoints_config_and_metadata(text_config, tmp_path, capsys):
     assert train_main(["--config", str(text_config), "--attributes", "red, blue", "--device", "cpu", "--seed", "3"]) == 0
     folder = tmp_path / "models" / "size_alpha1.0_rank2_noxattn"
-    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "size_1steps.safetensors", "size_last.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "size_1steps.safetensors", "size_last.safetensors",
+                                                        "stats.json"]
     assert "saved slider" in capsys.readouterr().out
     tensors, metadata = read_slider_file(folder / "size_last.safetensors")
     assert metadata["ss_network_dim"] == "2" and metadata["ss_base_model_version"] == "sdxl_base_v1-0"
@@ -183,13 +184,17 @@ def test_train_images_with_captions(image_root, tmp_path, capsys):
     assert "captions: true" in (folder / "config.yaml").read_text()
 
 
-def test_sample_after_train(text_config, tmp_path, capsys):
+def test_sample_after_train(text_config, tmp_path, capsys, caplog):
     assert train_main(["--config", str(text_config), "--device", "cpu"]) == 0
     slider = tmp_path / "models" / "size_alpha1.0_rank2_noxattn" / "size_last.safetensors"
     out = tmp_path / "samples"
-    code = sample_main(["--slider", str(slider), "--scales", "-2,0,2", "--prompt", "circle", "--seeds", "0,1",
-                        "--steps", "3", "--output", str(out), "--device", "cpu"])
+    capsys.readouterr()
+    with caplog.at_level("INFO"):
+        code = sample_main(["--slider", str(slider), "--scales", "-2,0,2", "--prompt", "circle", "--seeds", "0,1",
+                            "--steps", "3", "--output", str(out), "--device", "cpu"])
     assert code == 0
+    said = capsys.readouterr().out + caplog.text
+    assert said.count("wrote 6 images") == 1, said  # each message once
     assert len(list(out.glob("p0_*.png"))) == 6 and (out / "grid.png").is_file()
     report = tmp_path / "eval"
     code = eval_main(["--slider", str(slider), "--scales=-1,0,1", "--prompt", "circle", "--seeds", "0-1",

@@ -155,3 +155,16 @@ def test_attribute_expansion_prefixes_all_four_roles():
     assert expand_attributes(entries, []) == entries
     assert distinct_prompts(expanded) == ["male person", "male old person", "male young person", "female person",
                                           "female old person", "female young person"]
+
+
+def test_a_key_given_twice_is_an_error_naming_it(tmp_path):
+    from sliders.prompts import load_prompts
+
+    config = tmp_path / "twice.yaml"
+    config.write_text("train:\n  lr: 0.1\nsave:\n  name: x\ntrain:\n  iterations: 5\n")
+    with pytest.raises(InputError, match=r"key 'train' twice \(again at line 5\)"):
+        load_config(config)
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("- target: a\n  positive: b\n  positive: c\n")
+    with pytest.raises(InputError, match="key 'positive' twice"):
+        load_prompts(str(prompts))

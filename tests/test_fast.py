@@ -72,6 +72,9 @@ def test_ddim_jumps_reach_the_same_noise_level_in_fewer_calls(text_setup):
 
 def test_jump_plan_starts_at_zero_hits_every_stop_and_caps_the_calls():
     assert jump_plan([3], 4) == [0, 1, 2, 3]  # short enough: every step, as the faithful path
+    assert jump_plan([40], 4, "even") == [0, 10, 20, 30, 40]
+    assert jump_plan([40], 4, "late") == [0, 18, 30, 38, 40]  # 40 * (1 - (1 - i/4)^2): finer towards x_k
+    assert jump_plan([40], 4) == jump_plan([40], 4, "late")
     plan = jump_plan([49], 4)
     assert plan[0] == 0 and plan[-1] == 49 and len(plan) - 1 == 4
     plan = jump_plan([10, 40, 49], 4)
@@ -206,3 +209,45 @@ def test_image_runs_write_stats_too(tmp_path, image_root):
     # A symmetric pair: two slider terms of batch 2 per step, no frozen call, no denoising.
     assert stats["iterations"] == 2 and stats["unet_forward_samples"] == 8 and stats["unet_backward_samples"] == 8
     assert stats["seconds"]["partial_denoising"] == 0
+
+
+def test_compiled_no_grad_calls_agree_with_eager(text_setup):
+    """torch.compile (inductor) on the partial denoising and the frozen call: the same step up to
+    rounding; calls through the compiled module are still counted."""
+    unet = text_setup[2]
+    eager = _objective(text_setup, steps=2)
+    compiled = _objective(text_setup, steps=2, compile_unet=True)
+    a = eager.step(random.Random(0), torch.Generator().manual_seed(0))[0]
+    stats = RunStats().attach(unet)
+    b = compiled.step(random.Random(0), torch.Generator().manual_seed(0))[0]
+    stats.detach()
+    torch.testing.assert_close(b.latents, a.latents, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(b.target, a.target, rtol=1e-4, atol=1e-4)
+    assert stats.unet_calls == 2 and stats.forward_samples == 2 * 2 + 3 * 2
+    assert compiled.describe()["compiled_nograd_unet"] and not eager.describe()["compiled_nograd_unet"]
+
+
+def test_a_new_multiplier_does_not_recompile(text_setup, monkeypatch):
+    """The slider's multiplier is read from a tensor: after the first call at a non-zero multiplier,
+    other multipliers change the output through the same graph. (The cheap aot_eager backend traces
+    exactly what inductor would compile.)"""
+    from torch._dynamo.utils import counters
+
+    unet, network = text_setup[2], text_setup[3]
+    compiled = torch.compile(unet, backend="aot_eager", dynamic=False)
+    term = _objective(text_setup, steps=2).step(random.Random(0), torch.Generator().manual_seed(0))[0]
+    outputs = {}
+    with torch.no_grad():
+        for m in (1.0, 2.5, -0.5):
+            with network.scaled(m):
+                outputs[m] = predict_noise(compiled, term.latents, term.timestep, term.cond)
+                torch.testing.assert_close(outputs[m], predict_noise(unet, term.latents, term.timestep, term.cond))
+            if m == 1.0:
+                graphs = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert not torch.equal(outputs[1.0], outputs[2.5])
+
+
+def test_compile_and_fused_denoising_do_not_combine():
+    with pytest.raises(InputError, match="choose one"):
+        load_config(None, {"train.compile": True, "train.fused_denoising": True, "train.precision": "fp32"})

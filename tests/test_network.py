@@ -281,13 +281,18 @@ def test_c3lier_never_leaks_into_a_later_lierla_network(unet):
             continue
 
 
-def test_conv_rank_is_capped(unet):
+def test_conv_and_linear_ranks_are_capped(unet):
     network = SliderNetwork.create(unet, network_type="c3lier", training_method="full", rank=10_000, alpha=0)
+    kinds = set()
     for name, module in network.loras.items():
         base = network._bases[name]
         if isinstance(base, torch.nn.Conv2d):
             assert module.rank == min(10_000, base.in_channels, base.out_channels)
-            assert float(module.alpha) == module.rank  # alpha 0 means alpha = rank
+        else:
+            assert module.rank == min(10_000, base.in_features, base.out_features)
+        assert float(module.alpha) == module.rank  # alpha 0 means alpha = rank
+        kinds.add(type(base))
+    assert kinds == {torch.nn.Conv2d, torch.nn.Linear}
 
 
 def test_slider_params_stay_fp32_under_bf16_base(unet):
@@ -399,8 +404,12 @@ def test_bad_slider_files_are_clear_errors(unet, tmp_path):
         load_slider(wrong, unet)
     text_encoder = tmp_path / "te.safetensors"
     save_file({"lora_te1_text_model.lora_down.weight": torch.zeros(1, 1)}, str(text_encoder))
-    with pytest.raises(InputError, match="not a UNet LoRA key"):
+    with pytest.raises(InputError, match="no UNet LoRA weights .only 1 text-encoder"):
         load_slider(text_encoder, unet)
+    unknown = tmp_path / "unknown.safetensors"
+    save_file({"something.else.weight": torch.zeros(1, 1)}, str(unknown))
+    with pytest.raises(InputError, match="not a UNet LoRA key"):
+        load_slider(unknown, unet)
 
 
 def test_diffusers_load_lora_weights_reads_our_file(tiny_model_dir, tmp_path):

@@ -492,8 +492,9 @@ def test_run_sampling_slider_that_does_not_fit(slider_files, tmp_path):
 
 def test_write_png_leaves_nothing_on_error(tmp_path):
     class Broken:
-        def save(self, stream, format):
-            stream.write(b"half")
+        def save(self, path, format):
+            with open(path, "wb") as stream:
+                stream.write(b"half")
             raise OSError("disk full")
 
     with pytest.raises(OSError):
@@ -501,3 +502,20 @@ def test_write_png_leaves_nothing_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
     sampling._write_png(Image.new("RGB", (4, 4)), tmp_path / "y.png")
     assert [p.name for p in tmp_path.iterdir()] == ["y.png"]
+
+
+def test_written_files_get_the_usual_permissions_and_leave_no_temporary(tmp_path):
+    import os
+    import stat
+
+    from PIL import Image
+
+    from sliders.sampling import write_png
+
+    previous = os.umask(0o022)
+    try:
+        path = write_png(Image.new("RGB", (4, 4)), tmp_path / "a.png")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]

@@ -181,4 +181,4 @@ def test_checkpoints_follow_per_steps(small_setup, tmp_path):
     result = train_loop(config, parts, objective, tmp_path / "run", {"sliders_base_model": "m"})
     assert [p.name for p in result.checkpoints] == ["x_2steps.safetensors", "x_4steps.safetensors"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
-        "config.yaml", "x_2steps.safetensors", "x_4steps.safetensors", "x_last.safetensors"]
+        "config.yaml", "stats.json", "x_2steps.safetensors", "x_4steps.safetensors", "x_last.safetensors"]
