@@ -22,13 +22,13 @@ from pathlib import Path
 OPTIONS = {
     "faithful": [],
     "fast": ["--fast"],
-    "fast-even": ["--fast", "--xk_spacing", "even"],
-    "xk2": ["--xk_max_steps", "2"],
-    "xk4": ["--xk_max_steps", "4"],
+    "xk4-late": ["--xk_max_steps", "4"],
+    "xk4-even": ["--xk_max_steps", "4", "--xk_spacing", "even"],
+    "xk2-even": ["--xk_max_steps", "2", "--xk_spacing", "even"],
     "xk8": ["--xk_max_steps", "8"],
     "reuse8": ["--trajectory_reuse", "8"],
     "reuse12": ["--trajectory_reuse", "12"],
-    "reuse4-xk4": ["--trajectory_reuse", "4", "--xk_max_steps", "4"],
+    "reuse4-xk4-late": ["--trajectory_reuse", "4", "--xk_max_steps", "4"],
 }
 
 

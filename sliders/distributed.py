@@ -222,4 +222,6 @@ def start(device: torch.device | str) -> Processes:
     if device.type == "cuda" and device.index is not None and device != state.device:
         logger.warning("--device %s is ignored under several processes: process %d runs on %s",
                        device, state.process_index, state.device)
-    return Processes(state.process_index, state.num_processes, state.device, state)
+    # accelerate names the CPU 'cpu:0' under several processes; it is the one CPU device.
+    own = state.device if state.device.type != "cpu" else torch.device("cpu")
+    return Processes(state.process_index, state.num_processes, own, state)

@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sliders.cli import sample_main, train_main
+from sliders.cli import train_main
 from sliders.config import load_config
-from sliders.distributed import SINGLE, Processes, process_seed
+from sliders.distributed import Processes, process_seed
 from sliders.network import read_slider_file
 from sliders.prompts import load_prompts
 from sliders.trainer import _train_step, make_lr_scheduler, make_optimizer, prepare_text
@@ -65,9 +65,14 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+# One thread per process, as `accelerate launch` sets for several CPU processes; MKL's conditional
+# numerical reproducibility, without which its results depend on memory alignment (README).
+ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE"}
+
+
 def launch(command: str, *args: str, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
     """`accelerate launch --multi_gpu --num_processes N <sliders command> ...` as the README writes it."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, **ENV}
     return subprocess.run(
         [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
@@ -195,14 +200,12 @@ def test_two_processes_sample_the_images_of_one_bit_for_bit(text_config, tmp_pat
     slider = str(_slider(tmp_path))
     common = ["--slider", slider, "--scales=-2,0,2", "--prompt", "circle", "--prompt", "large square",
               "--seeds", "0,1", "--steps", "3", "--resolution", "64", "--device", "cpu"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each launched process runs (OMP_NUM_THREADS=1)
-    try:
-        assert sample_main([*common, "--output", str(tmp_path / "one")]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    alone = subprocess.run([str(BIN / "sliders-sample"), *common, "--output", str(tmp_path / "one")],
+                           env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
     result = launch("sliders-sample", *common, "--output", str(tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote 12 images") == 1
     one = sorted(p.name for p in (tmp_path / "one").glob("*.png"))
     two = sorted(p.name for p in (tmp_path / "two").glob("*.png"))
     assert one == two and len(one) == 2 * 2 * 3 + 1  # every image, and one grid
@@ -210,3 +213,20 @@ def test_two_processes_sample_the_images_of_one_bit_for_bit(text_config, tmp_pat
         a = np.asarray(Image.open(tmp_path / "one" / name))
         b = np.asarray(Image.open(tmp_path / "two" / name))
         assert np.array_equal(a, b), name
+
+
+def test_two_processes_evaluate_into_the_report_of_one(text_config, tmp_path):
+    import json
+
+    assert train_main(["--config", str(text_config), "--device", "cpu"]) == 0
+    common = ["--slider", str(_slider(tmp_path)), "--scales=-2,0,2", "--prompt", "circle", "--seeds", "0-2",
+              "--steps", "2", "--resolution", "64", "--device", "cpu"]
+    alone = subprocess.run([str(BIN / "sliders-eval"), *common, "--output", str(tmp_path / "one")],
+                           env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    result = launch("sliders-eval", *common, "--output", str(tmp_path / "two"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1
+    one, two = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two"))
+    one.pop("seconds"), two.pop("seconds")
+    assert one == two  # every image's measurements, every figure

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from sliders.cli import sample_main, train_images_main, train_main
-from sliders.config import FAST_XK_MAX_STEPS, load_config
+from sliders.config import FAST_TRAJECTORY_REUSE, load_config
 from sliders.errors import InputError
 from sliders.models import (
     conditioning,
@@ -123,11 +123,13 @@ def test_trajectory_reuse_serves_r_steps_from_one_trajectory_of_stale_weights(te
 
 
 def test_fast_preset_and_option_checks():
-    assert load_config(None, {"train.fast": True}).train.xk_max_steps == FAST_XK_MAX_STEPS
-    assert load_config(None, {"train.fast": True, "train.xk_max_steps": 2}).train.xk_max_steps == 2
+    fast = load_config(None, {"train.fast": True}).train
+    assert fast.trajectory_reuse == FAST_TRAJECTORY_REUSE and fast.xk_max_steps is None
+    assert load_config(None, {"train.fast": True, "train.trajectory_reuse": 4}).train.trajectory_reuse == 4
     assert load_config(None).train.xk_max_steps is None and load_config(None).train.trajectory_reuse == 1
+    assert load_config(None, {"train.fast": True, "train.noise_scheduler": "euler_a"}).train.trajectory_reuse == 12
     with pytest.raises(InputError, match="ddim or ddpm"):
-        load_config(None, {"train.fast": True, "train.noise_scheduler": "euler_a"})
+        load_config(None, {"train.xk_max_steps": 4, "train.noise_scheduler": "euler_a"})
     with pytest.raises(InputError, match="train.trajectory_reuse' must be > 0"):
         load_config(None, {"train.trajectory_reuse": 0})
     with pytest.raises(InputError, match="precision fp32"):
@@ -180,24 +182,26 @@ def _write_config(tmp_path, **train):
     return path
 
 
-@pytest.mark.parametrize("flags, per_iteration", [([], 2 * 1 + 4), (["--fast"], 2 * 1 + 4)])
-def test_every_run_writes_counted_stats(tmp_path, flags, per_iteration):
-    """With max_denoising_steps 2, k is always 1: one guided call (2 samples per latent), one frozen
-    call (3), one slider forward (1) and backward (1) per latent, whatever the option."""
+@pytest.mark.parametrize("flags, forward, calls", [([], 3 * (2 + 3 + 1), 3 * 3), (["--fast"], 2 + 3 * (3 + 1), 1 + 3 * 2)])
+def test_every_run_writes_counted_stats(tmp_path, flags, forward, calls):
+    """With max_denoising_steps 2, k is always 1: a guided call (2 samples per latent), a frozen call
+    (3), a slider forward (1) and backward (1) per latent and step; with --fast (one trajectory for up
+    to 12 steps) the three steps share one guided call."""
     config = _write_config(tmp_path, max_denoising_steps=2, iterations=3)
     assert train_main(["--config", str(config), "--device", "cpu", *flags]) == 0
     stats = json.loads((tmp_path / "models" / "size_alpha1.0_rank2_noxattn" / "stats.json").read_text())
     batch = 2  # the prompt entry's batch_size
     assert stats["iterations"] == 3
-    assert stats["unet_forward_samples"] == 3 * per_iteration * batch
+    assert stats["unet_forward_samples"] == forward * batch
     assert stats["unet_backward_samples"] == 3 * batch
-    assert stats["unet_calls"] == 3 * 3
+    assert stats["unet_calls"] == calls
     seconds = stats["seconds"]
     assert all(seconds[p] >= 0 for p in ("partial_denoising", "frozen_predictions", "slider_forward_backward",
                                           "optimizer", "other"))
     assert seconds["loop"] <= seconds["total"]
     assert stats["peak_memory"]["cpu_peak_rss_gib"] > 0
-    assert stats["options"]["xk_max_steps"] == (FAST_XK_MAX_STEPS if flags else None)
+    assert stats["options"]["trajectory_reuse"] == (FAST_TRAJECTORY_REUSE if flags else 1)
+    assert stats["options"]["xk_staleness_steps_max"] == (2 if flags else 0)
 
 
 def test_image_runs_write_stats_too(tmp_path, image_root):

@@ -89,6 +89,7 @@ def test_shapes_configs_turn_previews_on_cheaply():
 
 
 def test_previews_are_written_every_n_steps_and_change_nothing_trained(text_config, tmp_path):
+    text_config.write_text(text_config.read_text() + "sample:\n  steps: 4\n")  # a cheap preview
     flags = ["--config", str(text_config), "--device", "cpu", "--seed", "3", "--iterations", "3"]
     assert train_main([*flags, "--name", "plain"]) == 0
     assert train_main([*flags, "--name", "size", "--sample_every", "2",
