@@ -42,7 +42,7 @@ from .sampling import (
     SliderSpec,
     check_prompts,
     check_scales,
-    check_output_folder,
+    owned_output,
     check_seeds,
     combination_label,
     drawable,
@@ -996,9 +996,8 @@ def run_evaluation(
         name = "baseline_" + image_name(sample, []) if baseline else image_name(sample, names)
         write_kept(sample.image, folder / name, made)
 
-    with processes.guard(), kept_on_interrupt(made, names, folder, output / GRID_NAME):
-        if processes.is_main:
-            check_output_folder(output)
+    with processes.guard(), owned_output(output, processes.is_main), \
+            kept_on_interrupt(made, names, folder, output / GRID_NAME):
         processes.check()
         with loaded(plan, loader=load_pipeline) as (pipe, sliders):
             report, samples, baseline_samples = _evaluate(

@@ -121,10 +121,11 @@ def _lock_holder(path: Path) -> dict | None:
 class RunLock:
     """`<folder>/.lock`, created with O_EXCL and holding the process id, host and command line."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, what: str = "run folder", fix: str = "choose another --name or --output_dir"):
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self.held = False
+        self.what, self.fix = what, fix
 
     def acquire(self) -> "RunLock":
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -137,9 +138,9 @@ class RunLock:
                 holder = _lock_holder(self.path)
                 if holder is not None and self._is_running(holder):
                     raise InputError(
-                        f"run folder '{self.folder}' is in use by process {holder.get('pid')} on {holder.get('host')} "
+                        f"{self.what} '{self.folder}' is in use by process {holder.get('pid')} on {holder.get('host')} "
                         f"(started {holder.get('started')}: {holder.get('command')}); wait for it to finish, "
-                        "or choose another --name or --output_dir"
+                        f"or {self.fix}"
                     ) from None
                 # A lock left by a process that no longer runs (or unreadable, half written): take it over.
                 logger.info("taking over the stale lock %s", self.path)
@@ -152,7 +153,7 @@ class RunLock:
                 stream.write(record)
             self.held = True
             return self
-        raise InputError(f"run folder '{self.folder}' is being locked by another run at the same moment; try again")
+        raise InputError(f"{self.what} '{self.folder}' is being locked by another run at the same moment; try again")
 
     @staticmethod
     def _is_running(holder: dict) -> bool:

@@ -35,7 +35,7 @@ from .files import atomic_path
 from .models import DTYPES, load_pipeline, parse_device, vae_factor
 from .prompts import MAX_RESOLUTION
 from .network import SliderNetwork, load_slider, read_slider_file
-from .runs import check_writable_folder
+from .runs import RunLock, check_writable_folder, remove_leftovers
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -663,7 +663,7 @@ def plan_run(
     if resolution is None:
         recorded = _metadata_resolution(metadatas[0], first)
         resolution = DEFAULT_RESOLUTION if recorded is None else recorded
-        logger.info("resolution %d (from slider metadata or the default)", resolution)
+        logger.debug("resolution %d (from slider metadata or the default)", resolution)
     _check_multiple(resolution, 8, "--resolution")
 
     output = Path(output)
@@ -757,9 +757,8 @@ def run_sampling(
         paths.append(write_kept(sample.image, output / image_name(sample, names), samples[:-1]))
 
     grid_path = output / GRID_NAME
-    with processes.guard(), kept_on_interrupt(samples, names, output, output / GRID_NAME):
-        if processes.is_main:
-            check_output_folder(plan.output)
+    with processes.guard(), owned_output(plan.output, processes.is_main), \
+            kept_on_interrupt(samples, names, output, output / GRID_NAME):
         processes.check()
         with loaded(plan) as (pipe, sliders):
             generate(
@@ -787,6 +786,25 @@ def run_sampling(
 def check_output_folder(output: Path) -> Path:
     """An output folder that can be made and written, checked before any model loads (nothing is left behind)."""
     return check_writable_folder(output, "output folder", "choose another --output")
+
+
+@contextmanager
+def owned_output(output: Path, is_main: bool) -> Iterator[None]:
+    """On the main process: check the output folder, then hold its lock for the block (a second
+    sampler or evaluation on the same folder is refused, naming this one) and remove the temporary
+    files a killed run left there. The other processes write nothing."""
+    if not is_main:
+        yield
+        return
+    check_output_folder(output)
+    created = not output.exists()
+    try:
+        with RunLock(output, "output folder", "choose another --output"):
+            remove_leftovers(output)
+            yield
+    finally:
+        if created and output.is_dir() and not any(output.iterdir()):
+            output.rmdir()  # a run that wrote nothing leaves no folder behind
 
 
 @contextmanager

@@ -509,3 +509,33 @@ def test_sample_and_eval_bad_values_are_refused_before_any_model_loads(command, 
     assert main(argv + [a.format(**values) for a in args]) == 2
     assert message in _error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "s.safetensors"]
+
+
+def test_sampling_output_folders_are_owned_by_one_run_and_cleaned_of_leftovers(tmp_path, capsys):
+    """sliders-sample and sliders-eval hold a lock on their output folder while they write, refuse a
+    second run there naming the first, and remove the temporary files a killed run left."""
+    import json as _json
+    import os as _os
+    import socket
+
+    from sliders.cli import sample_main
+    from sliders.sampling import owned_output
+
+    out = tmp_path / "samples"
+    out.mkdir()
+    (out / ".grid.abc123.tmp").write_bytes(b"half a PNG")
+    with owned_output(out, True):
+        assert (out / ".lock").is_file() and not (out / ".grid.abc123.tmp").exists()
+    assert not (out / ".lock").exists()
+    # A folder in use by another live process (here: our parent) is refused before any model loads.
+    (out / ".lock").write_text(_json.dumps({"pid": _os.getppid(), "host": socket.gethostname(),
+                                            "started": "now", "command": "sliders-sample ..."}))
+    slider = tmp_path / "s.safetensors"
+    from safetensors.torch import save_file
+    import torch as _torch
+    save_file({"lora_unet_mid_block_resnets_0_conv1.lora_down.weight": _torch.zeros(1, 4, 3, 3),
+               "lora_unet_mid_block_resnets_0_conv1.lora_up.weight": _torch.zeros(4, 1, 1, 1)}, str(slider))
+    code = sample_main(["--slider", str(slider), "--prompt", "x", "--output", str(out), "--pretrained_model",
+                        "builtin:tiny-sdxl", "--device", "cpu", "--steps", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"in use by process {_os.getppid()}" in err[0] and "--output" in err[0]
