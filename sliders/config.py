@@ -330,6 +330,8 @@ def _check(config: Config) -> Config:
         trajectory_reuse = FAST_TRAJECTORY_REUSE if train.fast else 1
     positive("train.trajectory_reuse", trajectory_reuse)
     at_most("network.rank", network.rank, MAX_RANK, "LoRA ranks of 4 to 64 are usual")
+    # alpha / rank scales the slider's change; past the largest rank the scale only blows up the loss.
+    at_most("network.alpha", network.alpha, MAX_RANK, "alpha is usually 1 or the rank (0 means the rank)")
     at_most("train.lr", train.lr, 1.0, "slider learning rates are around 1e-4; adaptive optimizers use 1.0")
     at_most("train.max_denoising_steps", train.max_denoising_steps, MAX_TIMESTEPS,
             f"the noise schedule has {MAX_TIMESTEPS} steps")

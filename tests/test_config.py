@@ -168,3 +168,9 @@ def test_a_key_given_twice_is_an_error_naming_it(tmp_path):
     prompts.write_text("- target: a\n  positive: b\n  positive: c\n")
     with pytest.raises(InputError, match="key 'positive' twice"):
         load_prompts(str(prompts))
+
+
+def test_an_alpha_that_would_only_blow_up_the_loss_is_refused():
+    with pytest.raises(InputError, match="'network.alpha' must be at most 1024"):
+        load_config(None, {"network.alpha": 1e30})
+    assert load_config(None, {"network.alpha": 16}).network.alpha == 16
