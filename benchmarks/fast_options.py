@@ -21,7 +21,7 @@ from pathlib import Path
 # Each option's sliders-train flags; "faithful" is the default path.
 OPTIONS = {
     "faithful": [],
-    "fast": ["--fast"],
+    "fast": ["--fast"],  # = xk4-late
     "xk4-late": ["--xk_max_steps", "4"],
     "xk4-even": ["--xk_max_steps", "4", "--xk_spacing", "even"],
     "xk2-even": ["--xk_max_steps", "2", "--xk_spacing", "even"],

@@ -192,7 +192,7 @@ def _train(argv: Sequence[str] | None) -> int:
         help="fold the slider into the UNet weights for the no-grad partial denoising (train.fused_denoising)",
     )
     parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
-                        help="the recommended fast option (train.fast): one partial-denoising trajectory for 12 steps")
+                        help="the recommended fast option (train.fast): each step's x_k in at most 4 UNet calls")
     parser.add_argument("--xk_max_steps", type=int,
                         help="reach each step's starting latents in at most this many UNet calls (train.xk_max_steps)")
     parser.add_argument("--xk_spacing", choices=("late", "even"),

@@ -55,9 +55,9 @@ MAX_CLIP_SKIP = 10
 MAX_NAME_LENGTH = 200
 UNSAFE_NAME_CHARACTERS = '/\\:*?"<>|'
 XK_SPACINGS = ("late", "even")
-# What `train.fast` sets `train.trajectory_reuse` to where the config leaves it unset (EVALUATION.md:
-# about 12 UNet samples per step instead of 54, x_k exact but made by weights up to 11 steps old).
-FAST_TRAJECTORY_REUSE = 12
+# What `train.fast` sets `train.xk_max_steps` to where the config leaves it unset (EVALUATION.md: at most
+# 12 UNet samples per step instead of 54 on average; across three seeds the most predictable option).
+FAST_XK_MAX_STEPS = 4
 
 # Official configs spell precisions out ("bfloat16"); both spellings mean the same dtype.
 PRECISION_ALIASES = {
@@ -102,10 +102,10 @@ class TrainConfig:
     bidirectional: bool = False
     fused_denoising: bool = False
     # Fast text-slider options (README "Fast text sliders"); the defaults are the faithful path.
-    fast: bool = False  # the recommended combination: trajectory_reuse FAST_TRAJECTORY_REUSE
+    fast: bool = False  # the recommended option: xk_max_steps FAST_XK_MAX_STEPS (late spacing)
     xk_max_steps: int | None = None  # reach x_k in at most this many UNet calls (DDIM jumps)
     xk_spacing: str = "late"  # those jumps shorten towards x_k ("late") or are equal ("even")
-    trajectory_reuse: int | None = None  # one trajectory supplies x_k for this many steps (unset: 1)
+    trajectory_reuse: int = 1  # one partial-denoising trajectory supplies x_k for this many steps
     gradient_checkpointing: bool = False  # recompute UNet activations in the slider's backward
     compile: bool = False  # torch.compile the UNet for the no-grad calls (partial denoising, frozen)
 
@@ -325,10 +325,7 @@ def _check(config: Config) -> Config:
     positive("save.per_steps", save.per_steps)
     if config.data.folders_per_step is not None:
         positive("data.folders_per_step", config.data.folders_per_step)
-    trajectory_reuse = train.trajectory_reuse
-    if trajectory_reuse is None:
-        trajectory_reuse = FAST_TRAJECTORY_REUSE if train.fast else 1
-    positive("train.trajectory_reuse", trajectory_reuse)
+    positive("train.trajectory_reuse", train.trajectory_reuse)
     at_most("network.rank", network.rank, MAX_RANK, "LoRA ranks of 4 to 64 are usual")
     # alpha / rank scales the slider's change; past the largest rank the scale only blows up the loss.
     at_most("network.alpha", network.alpha, MAX_RANK, "alpha is usually 1 or the rank (0 means the rank)")
@@ -342,12 +339,14 @@ def _check(config: Config) -> Config:
         raise InputError(f"config key 'pretrained_model.clip_skip' must be from 0 to {MAX_CLIP_SKIP} (layers skipped "
                          f"before SDXL's penultimate one), got {clip_skip}")
     xk_max_steps = train.xk_max_steps
+    if xk_max_steps is None and train.fast:
+        xk_max_steps = FAST_XK_MAX_STEPS
     if xk_max_steps is not None:
         positive("train.xk_max_steps", xk_max_steps)
         if train.noise_scheduler.lower() not in ("ddim", "ddpm"):
             raise InputError(
-                f"train.xk_max_steps reaches x_k by DDIM jumps, which needs train.noise_scheduler "
-                f"ddim or ddpm, not {train.noise_scheduler!r}; change the scheduler or drop xk_max_steps"
+                f"train.xk_max_steps (and so train.fast) reaches x_k by DDIM jumps, which needs train.noise_scheduler "
+                f"ddim or ddpm, not {train.noise_scheduler!r}; change the scheduler or drop the fast option"
             )
     if train.compile and train.fused_denoising:
         raise InputError(
@@ -377,7 +376,6 @@ def _check(config: Config) -> Config:
             optimizer=choice("train.optimizer", train.optimizer, OPTIMIZERS),
             lr_scheduler=choice("train.lr_scheduler", train.lr_scheduler, LR_SCHEDULERS),
             xk_max_steps=xk_max_steps,
-            trajectory_reuse=trajectory_reuse,
             xk_spacing=choice("train.xk_spacing", train.xk_spacing, XK_SPACINGS),
         ),
         save=dataclasses.replace(

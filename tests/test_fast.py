@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from sliders.cli import sample_main, train_images_main, train_main
-from sliders.config import FAST_TRAJECTORY_REUSE, load_config
+from sliders.config import FAST_XK_MAX_STEPS, load_config
 from sliders.errors import InputError
 from sliders.models import (
     conditioning,
@@ -124,12 +124,11 @@ def test_trajectory_reuse_serves_r_steps_from_one_trajectory_of_stale_weights(te
 
 def test_fast_preset_and_option_checks():
     fast = load_config(None, {"train.fast": True}).train
-    assert fast.trajectory_reuse == FAST_TRAJECTORY_REUSE and fast.xk_max_steps is None
-    assert load_config(None, {"train.fast": True, "train.trajectory_reuse": 4}).train.trajectory_reuse == 4
+    assert fast.xk_max_steps == FAST_XK_MAX_STEPS and fast.xk_spacing == "late" and fast.trajectory_reuse == 1
+    assert load_config(None, {"train.fast": True, "train.xk_max_steps": 2}).train.xk_max_steps == 2
     assert load_config(None).train.xk_max_steps is None and load_config(None).train.trajectory_reuse == 1
-    assert load_config(None, {"train.fast": True, "train.noise_scheduler": "euler_a"}).train.trajectory_reuse == 12
     with pytest.raises(InputError, match="ddim or ddpm"):
-        load_config(None, {"train.xk_max_steps": 4, "train.noise_scheduler": "euler_a"})
+        load_config(None, {"train.fast": True, "train.noise_scheduler": "euler_a"})
     with pytest.raises(InputError, match="train.trajectory_reuse' must be > 0"):
         load_config(None, {"train.trajectory_reuse": 0})
     with pytest.raises(InputError, match="precision fp32"):
@@ -182,11 +181,14 @@ def _write_config(tmp_path, **train):
     return path
 
 
-@pytest.mark.parametrize("flags, forward, calls", [([], 3 * (2 + 3 + 1), 3 * 3), (["--fast"], 2 + 3 * (3 + 1), 1 + 3 * 2)])
+@pytest.mark.parametrize("flags, forward, calls", [
+    ([], 3 * (2 + 3 + 1), 3 * 3),
+    (["--fast"], 3 * (2 + 3 + 1), 3 * 3),  # k = 1 needs one call however coarse the jumps
+    (["--trajectory_reuse", "12"], 2 + 3 * (3 + 1), 1 + 3 * 2),  # the three steps share one trajectory
+])
 def test_every_run_writes_counted_stats(tmp_path, flags, forward, calls):
     """With max_denoising_steps 2, k is always 1: a guided call (2 samples per latent), a frozen call
-    (3), a slider forward (1) and backward (1) per latent and step; with --fast (one trajectory for up
-    to 12 steps) the three steps share one guided call."""
+    (3), a slider forward (1) and backward (1) per latent and step."""
     config = _write_config(tmp_path, max_denoising_steps=2, iterations=3)
     assert train_main(["--config", str(config), "--device", "cpu", *flags]) == 0
     stats = json.loads((tmp_path / "models" / "size_alpha1.0_rank2_noxattn" / "stats.json").read_text())
@@ -200,8 +202,9 @@ def test_every_run_writes_counted_stats(tmp_path, flags, forward, calls):
                                           "optimizer", "other"))
     assert seconds["loop"] <= seconds["total"]
     assert stats["peak_memory"]["cpu_peak_rss_gib"] > 0
-    assert stats["options"]["trajectory_reuse"] == (FAST_TRAJECTORY_REUSE if flags else 1)
-    assert stats["options"]["xk_staleness_steps_max"] == (2 if flags else 0)
+    assert stats["options"]["xk_max_steps"] == (FAST_XK_MAX_STEPS if flags == ["--fast"] else None)
+    assert stats["options"]["trajectory_reuse"] == (12 if "--trajectory_reuse" in flags else 1)
+    assert stats["options"]["xk_staleness_steps_max"] == (2 if "--trajectory_reuse" in flags else 0)
 
 
 def test_image_runs_write_stats_too(tmp_path, image_root):
