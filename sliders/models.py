@@ -219,6 +219,13 @@ def predict_noise(unet, latents: torch.Tensor, timestep: torch.Tensor, cond: Con
     ).sample
 
 
+def guided_noise(unet, inputs: torch.Tensor, timestep: torch.Tensor, both: Conditioning, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance from one batched call on (uncond, cond): `u + g * (c - u)`, float32.
+    `inputs` is the latents twice over, (2B, C, h, w); `both` the unconditional then the conditional."""
+    noise_uncond, noise_cond = predict_noise(unet, inputs, timestep, both).float().chunk(2)
+    return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+
+
 @torch.no_grad()
 def denoise_to(
     unet,
@@ -261,8 +268,7 @@ def denoise_states(
     states = {0: latents} if 0 in wanted else {}
     for index, timestep in enumerate(scheduler.timesteps[: max(stops)], start=1):
         inputs = scheduler.scale_model_input(torch.cat([latents, latents]), timestep)
-        noise_uncond, noise_cond = predict_noise(unet, inputs, timestep, both).float().chunk(2)
-        guided = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+        guided = guided_noise(unet, inputs, timestep, both, guidance_scale)
         latents = scheduler.step(guided, timestep, latents, **extra).prev_sample
         if index in wanted:
             states[index] = latents
@@ -314,8 +320,7 @@ def denoise_jumps(
     states = {indices[0]: latents}
     for here, there in zip(indices[:-1], indices[1:]):
         timestep = timesteps[here]
-        noise_uncond, noise_cond = predict_noise(unet, torch.cat([latents, latents]), timestep, both).float().chunk(2)
-        guided = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+        guided = guided_noise(unet, torch.cat([latents, latents]), timestep, both, guidance_scale)
         a_here = alphas[int(timestep)]
         a_there = alphas[int(timesteps[there])]  # there <= total_steps - 1: never past the schedule
         if v_pred:
