@@ -5,7 +5,7 @@ are encoded then, and a pipeline is assembled from the training UNet (with the s
 the VAE and a copy of the base model's own sampling scheduler, without text encoders.
 `Previews.render` generates through `sampling.generate` (the `start_noise` switch of
 `sliders-sample`, the same starting latents at every step, so grids of different steps compare)
-and draws the grid with `sampling.make_grid`. The training's random state is left as it was.
+and draws the grid with `grids.make_grid`. The training's random state is left as it was.
 No training, no checkpoints here; the trainer decides when to render and writes the files.
 """
 
@@ -23,9 +23,10 @@ import torch
 from .config import SampleConfig
 from .distributed import SINGLE, Processes
 from .errors import InputError
+from .grids import make_grid
 from .models import vae_factor
 from .network import SliderNetwork
-from .sampling import generate, make_grid
+from .sampling import generate
 
 if TYPE_CHECKING:
     from PIL import Image

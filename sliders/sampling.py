@@ -1,11 +1,12 @@
 """Sampling with sliders: images at several slider strengths from the same seed, and a labelled grid.
 
 Holds the parsing and checking of slider/scale arguments, the generation loop (SPEC section 6) that
-switches the sliders on once the timestep falls to `start_noise`, the grid drawing, and the run
+switches the sliders on once the timestep falls to `start_noise`, the image file names, and the run
 set-up shared with `evaluation`: `plan_run` checks every input into a `RunPlan` before any model
 loads, and `loaded` loads the base model once and attaches the sliders. `run_sampling` uses both
-and writes PNGs atomically. It does not train, does not define the slider network (see `network`)
-and does not load models itself (see `models`).
+and writes the images and their grid atomically. It does not train, does not define the slider
+network (see `network`), does not draw the grid (see `grids`) and does not load models itself (see
+`models`).
 The switch goes through the pipeline's public `callback_on_step_end`; no diffusers class is patched.
 """
 
@@ -32,6 +33,8 @@ from .distributed import SINGLE, Processes
 from .distributed import start as start_processes
 from .errors import InputError, Interrupted, OutputError, Terminated
 from .files import atomic_path
+# Also imported from here by callers older than `grids`, hence the names this module does not use.
+from .grids import ROW_LABEL_WIDTH, combination_label, drawable, make_grid  # noqa: F401
 from .models import DTYPES, load_pipeline, parse_device, vae_factor
 from .prompts import MAX_RESOLUTION
 from .network import SliderNetwork, load_slider, read_slider_file
@@ -46,12 +49,6 @@ DEFAULT_RESOLUTION = 1024
 MAX_TIMESTEP = 1000
 MAX_SCALE = 100  # a slider far beyond its trained range gives only noise; 1e30 overflows to a black image
 GRID_NAME = "grid.png"
-
-# Grid layout, in pixels. The row-label band has a fixed width so a grid's size depends only on
-# the image size, the number of cells and how many lines the column labels wrap to.
-LABEL_PAD = 4
-ROW_LABEL_WIDTH = 160
-PROMPT_LABEL_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -400,15 +397,8 @@ def generate(
 
 
 # --------------------------------------------------------------------------------------------------
-# Labels, names and the grid
+# File names
 # --------------------------------------------------------------------------------------------------
-
-
-def combination_label(slider_names: Sequence[str], multipliers: Sequence[float]) -> str:
-    """'age +2, smile -1' for a combination of scales ('no slider' when there are none)."""
-    if not slider_names:
-        return "no slider"
-    return ", ".join(f"{name} {value:+g}" for name, value in zip(slider_names, multipliers))
 
 
 def _safe(text: str) -> str:
@@ -420,104 +410,6 @@ def image_name(sample: Sample, slider_names: Sequence[str]) -> str:
     parts = [f"p{sample.prompt_index}", f"s{sample.seed}"]
     parts += [f"{_safe(name)}{value:+g}" for name, value in zip(slider_names, sample.multipliers)]
     return "_".join(parts) + ".png"
-
-
-def _font():
-    from PIL import ImageFont
-
-    return ImageFont.load_default()
-
-
-def drawable(text: str, font) -> str:
-    """`text` as `font` can draw it: unchanged for FreeType fonts, Latin-1 with '?' for the bitmap font."""
-    from PIL import ImageFont
-
-    # The bitmap fallback font (Pillow without FreeType) only encodes Latin-1.
-    if isinstance(font, ImageFont.FreeTypeFont):
-        return text
-    return text.encode("latin-1", "replace").decode("latin-1")
-
-
-def _line_height(font) -> int:
-    return font.getbbox("Ag")[3] + 2
-
-
-def _wrap(text: str, width: int, font, draw) -> list[str]:
-    """Greedy word wrap to `width` pixels; words wider than a line are split by characters."""
-    lines: list[str] = []
-    current = ""
-    for word in text.split():
-        candidate = f"{current} {word}" if current else word
-        if draw.textlength(candidate, font=font) <= width:
-            current = candidate
-            continue
-        if current:
-            lines.append(current)
-        current = ""
-        for char in word:
-            if current and draw.textlength(current + char, font=font) > width:
-                lines.append(current)
-                current = ""
-            current += char
-    if current:
-        lines.append(current)
-    return lines or [""]
-
-
-def _row_label(prompt: str, seed: int, height: int, width: int, font, draw) -> list[str]:
-    line_height = _line_height(font)
-    available = max(1, (height - 2 * LABEL_PAD) // line_height)
-    short = prompt if len(prompt) <= PROMPT_LABEL_CHARS else prompt[: PROMPT_LABEL_CHARS - 3].rstrip() + "..."
-    lines = _wrap(drawable(short, font), width, font, draw) if short.strip() else []
-    room = available - 1  # the last line is the seed
-    if len(lines) > room:
-        lines = lines[:room]
-        if lines:
-            lines[-1] = lines[-1].rstrip(".") + "..."
-    return lines + [f"seed {seed}"]
-
-
-def make_grid(samples: Sequence[Sample], slider_names: Sequence[str]) -> "Image.Image":
-    """The samples as a labelled grid: a column per scale combination, a row per prompt and seed.
-
-    A white band on top names each column's combination ('age +2, smile -1'); a white band of
-    ROW_LABEL_WIDTH pixels on the left gives each row's prompt (truncated) and seed. Columns and
-    rows follow the order in which they first appear in `samples`.
-    """
-    from PIL import Image, ImageDraw
-
-    if not samples:
-        raise ValueError("make_grid needs at least one sample")
-    rows = list(dict.fromkeys((s.prompt_index, s.seed) for s in samples))
-    columns = list(dict.fromkeys(s.multipliers for s in samples))
-    cell_width = max(s.image.width for s in samples)
-    cell_height = max(s.image.height for s in samples)
-    font = _font()
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    line_height = _line_height(font)
-
-    column_lines = [
-        _wrap(drawable(combination_label(slider_names, combo), font), cell_width - 2 * LABEL_PAD, font, measure)
-        for combo in columns
-    ]
-    band = 2 * LABEL_PAD + line_height * max(len(lines) for lines in column_lines)
-    grid = Image.new("RGB", (ROW_LABEL_WIDTH + cell_width * len(columns), band + cell_height * len(rows)), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, lines in enumerate(column_lines):
-        for k, line in enumerate(lines):
-            position = (ROW_LABEL_WIDTH + c * cell_width + LABEL_PAD, LABEL_PAD + k * line_height)
-            draw.text(position, line, fill="black", font=font)
-
-    prompts = {(s.prompt_index, s.seed): s.prompt for s in samples}
-    for r, key in enumerate(rows):
-        lines = _row_label(prompts[key], key[1], cell_height, ROW_LABEL_WIDTH - 2 * LABEL_PAD, font, measure)
-        for k, line in enumerate(lines):
-            draw.text((LABEL_PAD, band + r * cell_height + LABEL_PAD + k * line_height), line, fill="black", font=font)
-    for sample in samples:
-        r = rows.index((sample.prompt_index, sample.seed))
-        c = columns.index(sample.multipliers)
-        grid.paste(sample.image.convert("RGB"), (ROW_LABEL_WIDTH + c * cell_width, band + r * cell_height))
-    return grid
 
 
 def write_png(image: "Image.Image", path: Path) -> Path:

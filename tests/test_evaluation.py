@@ -335,6 +335,15 @@ def test_plot_draws_the_baseline_line_and_several_sliders():
     assert inside.sum() > 100 and (~inside).sum() > 50
 
 
+def test_plot_shows_a_slider_name_with_dollar_signs_as_text():
+    # matplotlib reads text between two '$' as math and fails on what does not parse; a file name may hold both.
+    rows = [_row(seed, m, 10.0 + m + seed) for seed in (0, 1) for m in (-1.0, 0.0, 1.0)]
+    summary = summarise(rows, target="size", numeric=("size",), slider_names=["cost $\\b$"])
+    plot = evaluation.plot_report({"settings": {"target": "size"}, **summary})
+    assert plot.size == evaluation.PLOT_SIZE
+    assert evaluation.SERIES_COLOURS[0] in {colour for _, colour in plot.getcolors(1 << 20)}
+
+
 # --------------------------------------------------------------------------------------------------
 # run_evaluation
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,65 @@
+"""Measuring sliders the way the paper does: attribute change per scale, structure kept, prompt editing.
+
+A package by concern, every public name importable from here:
+`measurers`  what is read from each image (`Measurer`, `ShapesMeasurer`, the `MEASURERS` registry)
+             and the measured rows (`measure_samples`);
+`statistics` Spearman, the least-squares line and value summaries, through `scipy.stats`;
+`report`     the rows aggregated (`summarise`, no diffusion model needed), as Markdown, and written;
+`plot`       the report's plot, drawn by matplotlib;
+`run`        `evaluate` (generate and measure), `run_evaluation` (validate, load, evaluate, write)
+             and the parsing of the `sliders-eval` inputs (seed ranges, prompt files, replacements).
+It does not define the command line (see `cli`) and does not train.
+"""
+
+# The loader `run_evaluation` calls, looked up here when it runs, so that replacing this name (as
+# the tests do) replaces the model load.
+from ..models import load_pipeline
+from .measurers import MEASURERS, Measurer, ShapesMeasurer, get_measurer, measure_samples
+from .plot import PLOT_BOTTOM, PLOT_LEFT, PLOT_RIGHT, PLOT_SIZE, PLOT_TOP, SERIES_COLOURS, plot_report
+from .report import REPORT_JSON, REPORT_MD, REPORT_PLOT, report_markdown, summarise, write_report
+from .run import (
+    BASELINE_GRID_NAME,
+    IMAGES_FOLDER,
+    MAX_SEEDS,
+    baseline_from_replace,
+    evaluate,
+    parse_replacements,
+    parse_seeds,
+    read_prompt_lines,
+    run_evaluation,
+)
+from .statistics import average_ranks, linear_fit, spearman
+
+__all__ = [
+    "BASELINE_GRID_NAME",
+    "IMAGES_FOLDER",
+    "MAX_SEEDS",
+    "MEASURERS",
+    "PLOT_BOTTOM",
+    "PLOT_LEFT",
+    "PLOT_RIGHT",
+    "PLOT_SIZE",
+    "PLOT_TOP",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "REPORT_PLOT",
+    "SERIES_COLOURS",
+    "Measurer",
+    "ShapesMeasurer",
+    "average_ranks",
+    "baseline_from_replace",
+    "evaluate",
+    "get_measurer",
+    "linear_fit",
+    "load_pipeline",
+    "measure_samples",
+    "parse_replacements",
+    "parse_seeds",
+    "plot_report",
+    "read_prompt_lines",
+    "report_markdown",
+    "run_evaluation",
+    "spearman",
+    "summarise",
+    "write_report",
+]
