@@ -1,5 +1,5 @@
 """Command-line entry points: `sliders-train`, `sliders-train-images`, `sliders-sample`, `sliders-eval`,
-`sliders-convert`, `sliders-export`.
+`sliders-edit`, `sliders-convert`, `sliders-export`.
 
 The only module that reads argv, prints, or exits. It turns flags into config overrides
 (defaults < YAML < flags), validates every input before a model loads, and turns an `InputError`
@@ -311,26 +311,30 @@ def _image_entry(prompts_file: str | None, resolution: int | None):
     return make_entry(raw, "image slider prompt entry")
 
 
-def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: str) -> None:
-    """Flags that sliders-sample and sliders-eval share: how images are generated and where they go."""
+def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: str, start_noise: int = 750,
+                      guidance_scale: float = 5.0, fused: bool = True) -> None:
+    """Flags that sliders-sample, sliders-eval and sliders-edit share: how images are generated and where they go."""
     parser.add_argument("--slider", action="append", required=True, metavar="PATH[:SCALES]",
                         help="slider file, optionally with its own scales (repeat for several sliders)")
     parser.add_argument("--negative_prompt", default="", help="negative prompt")
-    parser.add_argument("--start_noise", type=int, default=750, help="sliders are off while the timestep is above this")
+    parser.add_argument("--start_noise", type=int, default=start_noise,
+                        help=f"sliders are off while the timestep is above this (default {start_noise})")
     parser.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
-    parser.add_argument("--guidance_scale", type=float, default=5.0, help="classifier-free guidance")
+    parser.add_argument("--guidance_scale", type=float, default=guidance_scale,
+                        help=f"classifier-free guidance (default {guidance_scale:g})")
     parser.add_argument("--pretrained_model", help="base model (default: the one recorded in the slider)")
     parser.add_argument("--resolution", type=int, help="image size (default: the slider's training resolution)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="model dtype")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU index")
-    parser.add_argument("--fused", action="store_true",
-                        help="fold the sliders into the UNet weights while they are on (faster; same images up to rounding)")
+    if fused:
+        parser.add_argument("--fused", action="store_true",
+                            help="fold the sliders into the UNet weights while they are on (faster; same images up to rounding)")
     parser.add_argument("--output", default=output, help=f"output folder (default: {output})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
 
 
 def _generation_kwargs(args: argparse.Namespace) -> dict:
-    if args.fused and args.precision != "fp32":
+    if getattr(args, "fused", False) and args.precision != "fp32":
         raise InputError(
             f"--fused folds the sliders into the UNet weights, which in {args.precision} would round the sliders' "
             "change away; use --fused with --precision fp32, or leave --fused off"
@@ -345,7 +349,7 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "resolution": args.resolution,
         "negative_prompt": args.negative_prompt,
-        "fused": args.fused,
+        **({"fused": args.fused} if hasattr(args, "fused") else {}),
     }
 
 
@@ -416,6 +420,47 @@ def _eval(argv: Sequence[str] | None) -> int:
     )
     print(f"wrote {paths['markdown']}, {paths['json']} and {paths['plot']}")
     return 0
+
+
+def _edit(argv: Sequence[str] | None) -> int:
+    from .config import DEFAULT_INVERSION, EDIT_GUIDANCE, EDIT_START_NOISE, EDIT_STEPS, INVERSIONS, NULL_TEXT_ITERATIONS
+
+    parser = _Parser(prog="sliders-edit",
+                     description="Edit real images with sliders: invert each image, then regenerate it at each slider scale.")
+    parser.add_argument("--image", action="append", required=True, help="image file to edit (repeatable)")
+    _generation_flags(parser, steps=EDIT_STEPS, output="edits", start_noise=EDIT_START_NOISE,
+                      guidance_scale=EDIT_GUIDANCE, fused=False)
+    parser.add_argument("--scales", default="-2,0,2", help="scales for sliders without their own (default -2,0,2)")
+    parser.add_argument("--prompt", default="", help="what the images show, e.g. 'photo of a person' (may be empty)")
+    parser.add_argument("--inversion", default=DEFAULT_INVERSION, choices=INVERSIONS,
+                        help=f"how images are inverted (default {DEFAULT_INVERSION}; null-text is the official notebook's)")
+    parser.add_argument("--null_text_iterations", type=int, default=NULL_TEXT_ITERATIONS,
+                        help=f"null-text optimisation steps per timestep (default {NULL_TEXT_ITERATIONS})")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    from .editing import run_editing
+    from .sampling import parse_scales, parse_slider_arg
+
+    run = run_editing(
+        args.image,
+        [parse_slider_arg(text) for text in args.slider],
+        parse_scales(args.scales),
+        prompt=args.prompt,
+        method=args.inversion,
+        null_text_iterations=args.null_text_iterations,
+        **_generation_kwargs(args),
+    )
+    print(f"wrote {len(run.images)} edited images, {run.grid} and {run.report}")
+    return 0
+
+
+def edit_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_edit, argv)
+
+
+def console_edit() -> None:
+    sys.exit(edit_main())
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

@@ -58,6 +58,14 @@ XK_SPACINGS = ("late", "even")
 # What `train.fast` sets `train.xk_max_steps` to where the config leaves it unset (EVALUATION.md: at most
 # 12 UNet samples per step instead of 54 on average; across three seeds the most predictable option).
 FAST_XK_MAX_STEPS = 4
+# sliders-edit: how real images are inverted (sliders.editing), and its defaults (the official
+# notebook's: switch at 500, 50 DDIM steps, guidance 7.5, 10 null-text iterations per step).
+INVERSIONS = ("direct", "null-text", "negative-prompt", "ddim")
+DEFAULT_INVERSION = "direct"
+EDIT_START_NOISE = 500
+EDIT_STEPS = 50
+EDIT_GUIDANCE = 7.5
+NULL_TEXT_ITERATIONS = 10
 
 # Official configs spell precisions out ("bfloat16"); both spellings mean the same dtype.
 PRECISION_ALIASES = {

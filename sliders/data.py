@@ -373,6 +373,25 @@ def _square_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
     )
 
 
+def read_rgb(path: str | os.PathLike) -> Image.Image:
+    """An image file as 8-bit RGB, upright (EXIF orientation applied), fully decoded. PIL's own errors
+    pass through: callers name the file in their message."""
+    with Image.open(path) as opened:
+        opened.load()
+        return _to_rgb(ImageOps.exif_transpose(opened))
+
+
+def centre_square(image: Image.Image, resolution: int) -> Image.Image:
+    """The centre square of `image`, resized to `resolution` pixels a side (Lanczos)."""
+    return _square_crop_resize(image, _check_resolution(resolution))
+
+
+def to_pixels(image: Image.Image) -> torch.Tensor:
+    """An RGB image as a ``(3, H, W)`` float32 tensor in [-1, 1]."""
+    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1).contiguous()
+    return (tensor / 127.5 - 1.0).clamp_(-1.0, 1.0)
+
+
 def load_image(path: str | os.PathLike, resolution: int) -> torch.Tensor:
     """One image as a ``(3, resolution, resolution)`` float32 tensor in [-1, 1].
 
@@ -382,19 +401,13 @@ def load_image(path: str | os.PathLike, resolution: int) -> torch.Tensor:
     resolution = _check_resolution(resolution)
     path = Path(path)
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
-            image = _to_rgb(image)
-            image = _square_crop_resize(image, resolution)
-            pixels = np.asarray(image, dtype=np.float32)
+        image = _square_crop_resize(read_rgb(path), resolution)
     except Exception as error:
         raise InputError(
             f"image '{path.name}' in folder '{path.parent.name}' ({path}) could not be loaded: "
             f"{error}; re-export or remove it"
         ) from error
-    tensor = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
-    return (tensor / 127.5 - 1.0).clamp_(-1.0, 1.0)
+    return to_pixels(image)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -323,15 +323,25 @@ def denoise_jumps(
         guided = guided_noise(unet, torch.cat([latents, latents]), timestep, both, guidance_scale)
         a_here = alphas[int(timestep)]
         a_there = alphas[int(timesteps[there])]  # there <= total_steps - 1: never past the schedule
-        if v_pred:
-            x0 = a_here.sqrt() * latents - (1 - a_here).sqrt() * guided
-            eps = a_here.sqrt() * guided + (1 - a_here).sqrt() * latents
-        else:
-            x0 = (latents - (1 - a_here).sqrt() * guided) / a_here.sqrt()
-            eps = guided
-        latents = a_there.sqrt() * x0 + (1 - a_there).sqrt() * eps
+        latents = ddim_update(latents, guided, a_here, a_there, v_pred)
         states[there] = latents
     return states
+
+
+def ddim_update(
+    latents: torch.Tensor, model_output: torch.Tensor, a_here: torch.Tensor, a_there: torch.Tensor, v_pred: bool
+) -> torch.Tensor:
+    """One deterministic DDIM move (eta 0) of `latents` from the noise level with cumulative alpha
+    `a_here` to the one with `a_there`, given the model's output at `a_here` (epsilon or v):
+    x0 = (x - sqrt(1 - a_here) eps) / sqrt(a_here), x' = sqrt(a_there) x0 + sqrt(1 - a_there) eps.
+    With `a_there` > `a_here` it denoises; with `a_there` < `a_here` it is a DDIM inversion step."""
+    if v_pred:
+        x0 = a_here.sqrt() * latents - (1 - a_here).sqrt() * model_output
+        eps = a_here.sqrt() * model_output + (1 - a_here).sqrt() * latents
+    else:
+        x0 = (latents - (1 - a_here).sqrt() * model_output) / a_here.sqrt()
+        eps = model_output
+    return a_there.sqrt() * x0 + (1 - a_there).sqrt() * eps
 
 
 def training_timestep(scheduler, step: int, total_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -700,9 +700,11 @@ def owned_output(output: Path, is_main: bool) -> Iterator[None]:
 
 
 @contextmanager
-def kept_on_interrupt(samples: list[Sample], names: Sequence[str], folder: Path, grid: Path) -> Iterator[None]:
+def kept_on_interrupt(samples: list[Sample], names: Sequence[str], folder: Path, grid: Path,
+                      write: Callable[[], None] | None = None) -> Iterator[None]:
     """Ctrl-C or SIGTERM in the block: write the grid of the `samples` made so far (their images are
-    written already) and raise `Interrupted` saying what was kept. A failed write says what was kept."""
+    written already), or call `write` to write it, and raise `Interrupted` saying what was kept. A
+    failed write says what was kept."""
     try:
         yield
     except KeyboardInterrupt as stop:
@@ -710,7 +712,10 @@ def kept_on_interrupt(samples: list[Sample], names: Sequence[str], folder: Path,
         if not samples:
             raise Interrupted("no image was written", number) from None
         try:
-            write_png(make_grid(samples, names), grid)
+            if write is None:
+                write_png(make_grid(samples, names), grid)
+            else:
+                write()
         except OSError as error:
             raise Interrupted(f"kept {len(samples)} images in '{folder}'; the grid could not be written "
                               f"({error.strerror or error})", number) from None

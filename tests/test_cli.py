@@ -340,7 +340,7 @@ def _console(name):
 
 
 @pytest.mark.parametrize("command", ["sliders-train", "sliders-train-images", "sliders-sample", "sliders-eval",
-                                     "sliders-convert", "sliders-export", "textsliders-shim", "imagesliders-shim"])
+                                     "sliders-edit", "sliders-convert", "sliders-export", "textsliders-shim", "imagesliders-shim"])
 def test_every_command_reports_a_bad_input_in_exactly_one_stderr_line(command, text_config, image_root, tmp_path):
     """Each bad input gets past the heavy imports (diffusers, transformers, bitsandbytes), whose
     import-time logging must not reach the terminal: exactly one line, exit 2, nothing written."""
@@ -356,6 +356,8 @@ def test_every_command_reports_a_bad_input_in_exactly_one_stderr_line(command, t
         "sliders-sample": (_console("sliders-sample"), ["--slider", str(garbage), "--prompt", "x",
                                                         "--output", str(tmp_path / "o")]),
         "sliders-eval": (_console("sliders-eval"), ["--slider", str(garbage), "--prompt", "x",
+                                                    "--output", str(tmp_path / "o")]),
+        "sliders-edit": (_console("sliders-edit"), ["--image", str(garbage), "--slider", str(garbage),
                                                     "--output", str(tmp_path / "o")]),
         "sliders-convert": (_console("sliders-convert"), [str(garbage), str(tmp_path / "o" / "x.safetensors")]),
         "sliders-export": (_console("sliders-export"), [str(garbage), "--ui", "diffusers"]),

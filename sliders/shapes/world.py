@@ -219,13 +219,14 @@ def render(scene: Scene) -> Image.Image:
 
 
 def render_dataset(
-    n: int, seed: int, resolution: int = 64
+    n: int, seed: int, resolution: int = 64, size_word: str | None = None  # noqa: A002 - as in random_scene
 ) -> list[tuple[Image.Image, Scene, str]]:
-    """``n`` random scenes from ``seed``, each as ``(image, scene, caption)``."""
+    """``n`` random scenes from ``seed``, each as ``(image, scene, caption)``; ``size_word`` fixes
+    every scene's size bin (e.g. "medium", to edit them both ways)."""
     rng = np.random.default_rng(seed)
     items = []
     for _ in range(n):
-        scene = random_scene(rng, resolution=resolution)
+        scene = random_scene(rng, resolution=resolution, size_word=size_word)
         items.append((render(scene), scene, caption(scene)))
     logger.debug("rendered %d shapes-world scenes at %d px from seed %d", n, resolution, seed)
     return items
