@@ -42,6 +42,16 @@ if [ "$experiment" = all ] || [ "$experiment" = text ]; then
     sliders-eval --slider "$(slider size_bidirectional)" --scales=-2,-1,0,1,2 --target size "${EVAL[@]}" \
         --baseline_replace medium=small --output output/eval/text-size-bidirectional
 fi
+if [ "$experiment" = all ] || [ "$experiment" = edits ]; then
+    # Real-image editing: 32 rendered medium scenes, inverted with each method, edited with the size slider.
+    train_text size configs/shapes/size.yaml
+    for method in direct null-text negative-prompt ddim; do
+        sliders-eval --slider "$(slider size)" --scales=-2,-1,0,1,2 --target size --edit_scenes 32 \
+            --inversion "$method" "${GEN[@]}" --baseline_replace medium=large --output "output/eval/edit-$method"
+    done
+    sliders-eval --slider "$(slider size)" --scales=-2,-1,0,1,2 --target size --edit_scenes 32 \
+        --start_noise 750 "${GEN[@]}" --baseline_replace medium=large --output output/eval/edit-direct-750
+fi
 if [ "$experiment" = all ] || [ "$experiment" = images ]; then
     train_images image_symmetric datasets/shapes-size/symmetric smaller,larger -1,1 --captions
     sliders-eval --slider "$(slider image_symmetric)" --scales=-2,-1,0,1,2 --target size "${EVAL[@]}" \

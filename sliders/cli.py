@@ -318,7 +318,8 @@ def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: st
                         help="slider file, optionally with its own scales (repeat for several sliders)")
     parser.add_argument("--negative_prompt", default="", help="negative prompt")
     parser.add_argument("--start_noise", type=int, default=start_noise,
-                        help=f"sliders are off while the timestep is above this (default {start_noise})")
+                        help="sliders are off while the timestep is above this (default "
+                             + (f"{start_noise})" if start_noise is not None else "750; 500 for edits)"))
     parser.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
     parser.add_argument("--guidance_scale", type=float, default=guidance_scale,
                         help=f"classifier-free guidance (default {guidance_scale:g})")
@@ -382,8 +383,10 @@ def _sample(argv: Sequence[str] | None) -> int:
 
 
 def _eval(argv: Sequence[str] | None) -> int:
+    from .config import DEFAULT_INVERSION, INVERSIONS, NULL_TEXT_ITERATIONS
+
     parser = _Parser(prog="sliders-eval", description="Measure sliders: attribute per scale, preservation, baseline.")
-    _generation_flags(parser, steps=25, output="evaluation")
+    _generation_flags(parser, steps=25, output="evaluation", start_noise=None)
     parser.add_argument("--scales", default="-2,-1,0,1,2", help="scales for sliders without their own")
     parser.add_argument("--prompt", action="append", help="prompt (repeatable)")
     parser.add_argument("--prompts_file", help="text file, one prompt per line")
@@ -395,8 +398,21 @@ def _eval(argv: Sequence[str] | None) -> int:
     parser.add_argument("--baseline_prompts_file",
                         help="prompt-editing baseline: text file with the edited prompt of each prompt, in order")
     parser.add_argument("--save_images", action="store_true", help="also write every image and grids")
+    edits = parser.add_argument_group("real-image edits (the shapes world's rendered scenes, edited with sliders-edit's method)")
+    edits.add_argument("--edit_scenes", type=int, metavar="N",
+                       help="measure edits of N rendered scenes instead of generated images (their captions are the prompts)")
+    edits.add_argument("--scene_seed", type=int, default=0, help="seed of the rendered scenes (default 0)")
+    edits.add_argument("--inversion", default=DEFAULT_INVERSION, choices=INVERSIONS,
+                       help=f"how the scenes are inverted (default {DEFAULT_INVERSION})")
+    edits.add_argument("--null_text_iterations", type=int, default=NULL_TEXT_ITERATIONS,
+                       help=f"null-text optimisation steps per timestep (default {NULL_TEXT_ITERATIONS})")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+
+    if args.edit_scenes is not None:
+        return _eval_edits(args)
+    if args.start_noise is None:
+        args.start_noise = 750
 
     from .evaluation import read_prompt_lines, run_evaluation
 
@@ -422,6 +438,33 @@ def _eval(argv: Sequence[str] | None) -> int:
     return 0
 
 
+def _eval_edits(args: argparse.Namespace) -> int:
+    """sliders-eval --edit_scenes N: the edit protocol (`evaluation.edits`)."""
+    from .config import EDIT_START_NOISE
+
+    given = [flag for flag, value in (("--prompt", args.prompt), ("--prompts_file", args.prompts_file),
+                                      ("--baseline_prompts_file", args.baseline_prompts_file)) if value]
+    if given:
+        raise InputError(f"--edit_scenes takes each scene's caption as its prompt; drop {' and '.join(given)} "
+                         "(edit the captions with --baseline_replace)")
+    if args.fused:
+        raise InputError("--fused is for generated images; drop it with --edit_scenes")
+    if args.start_noise is None:
+        args.start_noise = EDIT_START_NOISE
+
+    from .evaluation.edits import run_edit_evaluation
+
+    kwargs = _generation_kwargs(args)
+    kwargs.pop("fused")
+    paths = run_edit_evaluation(
+        args.slider, args.scales, scenes=args.edit_scenes, scene_seed=args.scene_seed, method=args.inversion,
+        null_text_iterations=args.null_text_iterations, measurer=args.measurer, target=args.target,
+        baseline_replace=args.baseline_replace, images=args.save_images, **kwargs,
+    )
+    print(f"wrote {paths['markdown']}, {paths['json']} and {paths['plot']}")
+    return 0
+
+
 def _edit(argv: Sequence[str] | None) -> int:
     from .config import DEFAULT_INVERSION, EDIT_GUIDANCE, EDIT_START_NOISE, EDIT_STEPS, INVERSIONS, NULL_TEXT_ITERATIONS
 
@@ -431,7 +474,9 @@ def _edit(argv: Sequence[str] | None) -> int:
     _generation_flags(parser, steps=EDIT_STEPS, output="edits", start_noise=EDIT_START_NOISE,
                       guidance_scale=EDIT_GUIDANCE, fused=False)
     parser.add_argument("--scales", default="-2,0,2", help="scales for sliders without their own (default -2,0,2)")
-    parser.add_argument("--prompt", default="", help="what the images show, e.g. 'photo of a person' (may be empty)")
+    parser.add_argument("--prompt", action="append",
+                        help="what the images show, e.g. 'photo of a person': once for all images or once per image, "
+                             "in order (default empty)")
     parser.add_argument("--inversion", default=DEFAULT_INVERSION, choices=INVERSIONS,
                         help=f"how images are inverted (default {DEFAULT_INVERSION}; null-text is the official notebook's)")
     parser.add_argument("--null_text_iterations", type=int, default=NULL_TEXT_ITERATIONS,
@@ -446,7 +491,7 @@ def _edit(argv: Sequence[str] | None) -> int:
         args.image,
         [parse_slider_arg(text) for text in args.slider],
         parse_scales(args.scales),
-        prompt=args.prompt,
+        prompt=args.prompt or "",
         method=args.inversion,
         null_text_iterations=args.null_text_iterations,
         **_generation_kwargs(args),

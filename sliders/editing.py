@@ -117,6 +117,21 @@ def check_image_files(paths: Sequence[str | Path]) -> tuple[Path, ...]:
     return tuple(checked)
 
 
+def image_prompts(prompt: str | Sequence[str], count: int) -> tuple[str, ...]:
+    """One prompt per image: a single text (or a list of one) serves every image; a list must have
+    one per image, in the order of the images."""
+    texts = [prompt] if isinstance(prompt, str) else list(prompt) if prompt is not None else [None]
+    for text in texts:
+        if not isinstance(text, str):
+            raise InputError(f"--prompt must be text, got {text!r}")
+    if len(texts) == 1:
+        return tuple(texts) * count
+    if len(texts) != count:
+        raise InputError(f"{len(texts)} prompts for {count} images; give one --prompt for all images or one per image, "
+                         "in the order of the --image flags")
+    return tuple(texts)
+
+
 def image_names(paths: Sequence[Path]) -> list[str]:
     """File stems made distinct ('cat', 'cat_2') so that outputs of two inputs never collide."""
     names: list[str] = []
@@ -420,8 +435,8 @@ def encode_conditioning(pipe, prompts: Sequence[str], negative_prompt: str, ids:
 
 @dataclass
 class Edited:
-    """An image's edits: one Sample per scale combination (prompt_index = the image's index), the
-    reconstruction figures and, with an edited prompt, its regeneration."""
+    """An image's edits: one Sample per scale combination (prompt_index = the image's index, prompt
+    its prompt, seed 0), the reconstruction figures and, with an edited prompt, its regeneration."""
 
     image: EditImage
     prompt: str
@@ -459,12 +474,12 @@ def edit_images(pipe, sliders: Sequence[SliderNetwork], scale_lists: Sequence[Se
         _apply(sliders, [0.0] * len(sliders))
         inversion = invert(unet, schedule, latents, conds[0], uncond, method=method, start_noise=start_noise,
                            guidance_scale=guidance_scale, null_text_iterations=null_text_iterations)
-        logger.info("inverted %s (%s) in %.1f s", item.path, method, inversion.seconds)
+        logger.debug("inverted %s (%s) in %.1f s", item.path, method, inversion.seconds)
         samples = []
         for scales in combinations:
             out = regenerate(unet, schedule, inversion, sliders, scales, start_noise=start_noise,
                              guidance_scale=guidance_scale)
-            samples.append(Sample(index, item.name, 0, tuple(scales), decode_latents(pipe.vae, out)))
+            samples.append(Sample(index, prompts[index], 0, tuple(scales), decode_latents(pipe.vae, out)))
             if on_sample is not None:
                 on_sample(samples[-1])
         edited = None
@@ -539,11 +554,11 @@ def write_json(data: dict, path: Path) -> Path:
     return path
 
 
-def edit_name(sample: Sample, slider_names: Sequence[str]) -> str:
+def edit_name(image: str, multipliers: Sequence[float], slider_names: Sequence[str]) -> str:
     """'photo_age+2_smile-1.png': the input's name, then each slider's name and scale."""
     from .sampling import _safe
 
-    return "_".join([_safe(sample.prompt)] + [f"{_safe(n)}{v:+g}" for n, v in zip(slider_names, sample.multipliers)]) + ".png"
+    return "_".join([_safe(image)] + [f"{_safe(n)}{v:+g}" for n, v in zip(slider_names, multipliers)]) + ".png"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -576,7 +591,7 @@ def run_editing(
     specs: Sequence[SliderSpec],
     scales: Sequence[float] | str | None,
     *,
-    prompt: str = "",
+    prompt: str | Sequence[str] = "",
     output: str | Path,
     method: str = DEFAULT_INVERSION,
     start_noise: float = DEFAULT_START_NOISE,
@@ -590,13 +605,13 @@ def run_editing(
     null_text_iterations: int = NULL_TEXT_ITERATIONS,
 ) -> EditRun:
     """Check everything, load the base model once, edit every image at every scale combination and
-    write the images, `grid.png` (input first) and `edits.json`. The prompt may be empty."""
-    if not isinstance(prompt, str):
-        raise InputError(f"--prompt must be text, got {prompt!r}")
+    write the images, `grid.png` (input first) and `edits.json`. `prompt` is one text for every image
+    or one per image, in order; it may be empty."""
     method = check_edit_settings(method, null_text_iterations)
     paths = check_image_files(images)
+    prompts = image_prompts(prompt, len(paths))
     plan = plan_run(
-        specs, scales, [prompt], (0,), output=output, start_noise=start_noise, steps=steps,
+        specs, scales, prompts, (0,), output=output, start_noise=start_noise, steps=steps,
         guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
         resolution=resolution, negative_prompt=negative_prompt,
     )
@@ -608,11 +623,12 @@ def run_editing(
 
     def keep(sample: Sample) -> None:
         made.append(sample)
-        written.append(write_kept(sample.image, plan.output / edit_name(sample, slider_names), made[:-1]))
+        name = edit_name(names[sample.prompt_index], sample.multipliers, slider_names)
+        written.append(write_kept(sample.image, plan.output / name, made[:-1]))
 
     grid_path, report_path = plan.output / GRID_NAME, plan.output / REPORT_NAME
     settings = {
-        "inversion": method, "prompt": prompt, "negative_prompt": negative_prompt, "steps": plan.steps,
+        "inversion": method, "prompts": list(prompts), "negative_prompt": negative_prompt, "steps": plan.steps,
         "start_noise": plan.start_noise, "guidance_scale": plan.guidance_scale, "resolution": plan.resolution,
         "precision": plan.precision, "model": plan.model,
         "sliders": [{"name": n, "path": str(s.path), "scales": list(v)}
@@ -629,7 +645,7 @@ def run_editing(
     with owned_output(plan.output, True), kept_on_interrupt(made, slider_names, plan.output, grid_path, write_finished):
         with loaded(plan) as (pipe, sliders):
             prepared = [prepare_image(path, name, plan.resolution) for path, name in zip(paths, names)]
-            edit_images(pipe, sliders, plan.scale_lists, prepared, [prompt] * len(prepared), method=method,
+            edit_images(pipe, sliders, plan.scale_lists, prepared, prompts, method=method,
                         start_noise=plan.start_noise, steps=plan.steps, guidance_scale=plan.guidance_scale,
                         negative_prompt=plan.negative_prompt, null_text_iterations=null_text_iterations,
                         on_edit=results.append, on_sample=keep)

@@ -43,3 +43,15 @@ def unet(tiny_pipe):
     import copy
 
     return copy.deepcopy(tiny_pipe.unet)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: its models are tiny, and OpenMP workers spinning against
+    other processes on a busy machine make each call many times slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

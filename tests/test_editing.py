@@ -41,14 +41,7 @@ STEPS = 10
 GUIDANCE = 5.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def threads():
-    # One thread: the models are tiny, and OpenMP workers spinning against other processes on a
-    # busy machine make each call many times slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +310,7 @@ def test_run_editing_writes_every_edit_a_grid_with_the_input_first_and_a_report(
     first = np.asarray(grid.crop((sampling.ROW_LABEL_WIDTH, band, sampling.ROW_LABEL_WIDTH + SIZE, band + SIZE)))
     assert np.array_equal(first, np.asarray(run.results[0].image.image))
     report = json.loads(run.report.read_text())
-    assert report["settings"]["inversion"] == "direct" and report["settings"]["prompt"] == ""
+    assert report["settings"]["inversion"] == "direct" and report["settings"]["prompts"] == ["", ""]
     assert [row["name"] for row in report["images"]] == ["photo", "photo_2"]
     assert report["images"][0]["time_ids"] == [64, 80, 0, 8, 64, 64]
     assert report["images"][0]["psnr_scale0_db"] == pytest.approx(report["images"][0]["psnr_vae_db"], abs=0.05)
@@ -343,6 +336,7 @@ def no_model_load(monkeypatch):
         (dict(start_noise=5000), "--start_noise"),
         (dict(steps=0), "--steps"),
         (dict(prompt=None), "--prompt must be text"),
+        (dict(prompt=["a", "b", "c"]), "3 prompts for 2 images"),
         (dict(resolution=60), "--resolution"),
         (dict(specs=[SliderSpec(Path("nothere.safetensors"), None)]), "nothere"),
     ],
@@ -409,3 +403,13 @@ def test_the_command_runs_end_to_end_with_an_empty_prompt(slider_file, inputs, t
     assert code == 0
     assert "wrote 3 edited images" in capsys.readouterr().out
     assert json.loads((out / "edits.json").read_text())["settings"]["inversion"] == "negative-prompt"
+
+
+def test_one_prompt_serves_every_image_or_one_each():
+    from sliders.editing import image_prompts
+
+    assert image_prompts("a cat", 3) == ("a cat",) * 3
+    assert image_prompts(["a cat"], 2) == ("a cat", "a cat")
+    assert image_prompts(["a", "b"], 2) == ("a", "b")
+    with pytest.raises(InputError, match="2 prompts for 3 images"):
+        image_prompts(["a", "b"], 3)

@@ -218,7 +218,9 @@ def report_markdown(report: Mapping) -> str:
         f"# Slider evaluation: {target}",
         "",
         f"Sliders: {sliders}. Measurer `{settings['measurer']}`, target `{target}`.",
-        f"{len(settings['prompts'])} prompts x {len(settings['seeds'])} seeds; {settings['steps']} steps, guidance "
+        (f"{len(settings['prompts'])} rendered scenes edited ({settings['edit']['inversion']} inversion, each "
+         "scene's caption as the prompt)" if settings.get("edit") else
+         f"{len(settings['prompts'])} prompts x {len(settings['seeds'])} seeds") + f"; {settings['steps']} steps, guidance "
         f"{settings['guidance_scale']:g}, start_noise {settings['start_noise']:g}, "
         f"{settings['width']}x{settings['height']}"
         + (f", base model `{settings['base_model']}`" if settings.get("base_model") else "")
@@ -252,7 +254,29 @@ def report_markdown(report: Mapping) -> str:
         lines.append("")
         lines += _table_header(settings, structure_keys, "images")
         lines.append(_table_row("edited prompts", baseline, settings, structure_keys))
+    if report.get("reconstruction"):
+        lines += _reconstruction_lines(report)
     return "\n".join(lines) + "\n"
+
+
+def _reconstruction_lines(report: Mapping) -> list[str]:
+    """The reconstruction section of an edit evaluation (`evaluation.edits`)."""
+    figures, edit = report["reconstruction"], report["settings"]["edit"]
+    target = report["settings"]["target"]
+
+    kept = ", ".join(f"{attr} {100 * share:.1f}%" for attr, share in figures["kept"].items())
+    structure = ", ".join(f"{key} {_fmt(value)}" for key, value in figures["structure"].items())
+    return [
+        "",
+        f"## Reconstruction ({edit['inversion']} inversion)",
+        "",
+        f"{figures['n']} rendered scenes (seed {edit['scene_seed']}), each inverted once with its caption. "
+        f"PSNR of the scale-0 edit against the input: mean {_fmt(figures['psnr_db']['mean'])} dB "
+        f"(min {_fmt(figures['psnr_db']['min'])}); of the VAE alone: {_fmt(figures['psnr_vae_db']['mean'])} dB. "
+        f"Inversion: {_fmt(figures['inversion_seconds']['mean'])} s per image. "
+        f"The scale-0 edit against its input: {kept}; {target} change {_fmt(figures['change'][target])}"
+        + (f"; {structure}" if structure else "") + ".",
+    ]
 
 
 def _write_text(text: str, path: Path) -> Path:

@@ -319,6 +319,23 @@ def _as_spec(spec: Any) -> SliderSpec:
     raise InputError(f"--slider {spec!r} is not a slider file; give a path such as age.safetensors:-2,0,2")
 
 
+def as_specs(specs: Any) -> list[SliderSpec]:
+    """One slider or several, as paths, `--slider` texts or `SliderSpec`s -> a list of `SliderSpec`s."""
+    if isinstance(specs, (SliderSpec, str, Path)):
+        specs = [specs]
+    return [_as_spec(spec) for spec in specs or ()]
+
+
+def check_measurer(measurer: "str | Measurer", target: Any) -> tuple[type[Measurer] | None, str]:
+    """The registered measurer class for a name (None for a measurer object) and the checked target,
+    without building the measurer: a heavy one (a CLIP model) never loads for bad input."""
+    registered = measurer_class(measurer) if isinstance(measurer, str) else None
+    if registered is None and not is_measurer(measurer):
+        raise InputError(f"--measurer {measurer!r} is unknown; choose one of {', '.join(sorted(MEASURERS))}")
+    numeric = registered.numeric if registered else tuple(measurer.numeric)
+    return registered, check_target(target, numeric, measurer if isinstance(measurer, str) else measurer_name(measurer))
+
+
 def run_evaluation(
     specs: Sequence[SliderSpec | str] | SliderSpec | str,
     scales: Sequence[float] | str | None,
@@ -350,15 +367,8 @@ def run_evaluation(
     grid and, with a baseline, baseline_grid.
     """
     # Everything the user gave is checked before any model is loaded.
-    registered = measurer_class(measurer) if isinstance(measurer, str) else None
-    if registered is None and not is_measurer(measurer):
-        raise InputError(f"--measurer {measurer!r} is unknown; choose one of {', '.join(sorted(MEASURERS))}")
-    numeric = registered.numeric if registered else tuple(measurer.numeric)
-    target = check_target(target, numeric, measurer if isinstance(measurer, str) else measurer_name(measurer))
-
-    if isinstance(specs, (SliderSpec, str, Path)):
-        specs = [specs]
-    specs = [_as_spec(spec) for spec in specs or ()]
+    registered, target = check_measurer(measurer, target)
+    specs = as_specs(specs)
     plan = plan_run(
         specs, scales, prompts, parse_seeds(seeds) if isinstance(seeds, str) else seeds, output=output,
         start_noise=start_noise, steps=steps, guidance_scale=guidance_scale, pretrained_model=pretrained_model,

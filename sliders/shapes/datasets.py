@@ -6,9 +6,11 @@ slider scale: `size = base * GROWTH ** scale`. Two layouts: `symmetric` (folders
 "medium", so the two folders together span the world's whole size range) and `multiscale` (`base_one_minus`, `base_one`,
 `base_one_plus`, `base_k` at 0.67, 1, 1.3, 2, from a smaller base so that 1.4**2 still fits).
 Beside the folders, `<stem>.txt` holds the caption of the pair without its size, e.g. "a red
-circle" (for `sliders-train-images --captions`). Only numpy and Pillow.
+circle" (for `sliders-train-images --captions`). `write_scenes` writes single scenes instead, as
+inputs for `sliders-edit`. Only numpy and Pillow.
 
     python -m sliders.shapes.datasets --out datasets/shapes-size --count 32 --seed 0
+    python -m sliders.shapes.datasets --scenes --out output/scenes --count 4   # inputs for sliders-edit
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .world import MARGIN_PX, PALETTE, SHAPES, Scene, render, shape_bounds
+from .world import MARGIN_PX, PALETTE, SHAPES, Scene, render, render_dataset, shape_bounds
 
 GROWTH = 1.4
 LAYOUTS = {
@@ -73,13 +75,35 @@ def write_size_pairs(root: str | Path, layout: str, count: int, seed: int = 0, r
     return out
 
 
+def write_scenes(out: str | Path, count: int, seed: int = 0, resolution: int = 64,
+                 size_word: str | None = "medium") -> list[tuple[Path, str]]:
+    """Write `count` single scenes (`scene000.png`, ...) into `out`, with `captions.txt` (one line per
+    scene, "scene000.png: a medium red circle"): rendered inputs for `sliders-edit`. Returns the paths
+    and captions; the scenes are those `sliders-eval --edit_scenes` edits for the same seed."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, (image, _, text) in enumerate(render_dataset(count, seed, resolution, size_word)):
+        path = out / f"scene{index:03d}.png"
+        image.save(path)
+        written.append((path, text))
+    (out / "captions.txt").write_text("".join(f"{path.name}: {text}\n" for path, text in written), encoding="utf-8")
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the shapes-world size datasets for image sliders.")
     parser.add_argument("--out", default="datasets/shapes-size", help="root folder")
     parser.add_argument("--count", type=int, default=32, help="scenes per layout")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--scenes", action="store_true",
+                        help="write --count single medium-size scenes into --out instead (inputs for sliders-edit)")
     args = parser.parse_args(argv)
+    if args.scenes:
+        for path, text in write_scenes(args.out, args.count, args.seed, args.resolution):
+            print(f"{path}: {text}")
+        return 0
     for offset, layout in enumerate(LAYOUTS):
         folder = write_size_pairs(args.out, layout, args.count, args.seed + offset, args.resolution)
         names = ",".join(name for name, _ in LAYOUTS[layout])
