@@ -55,3 +55,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+TEXT_PROMPT = {"target": "circle", "positive": "large circle", "unconditional": "small circle",
+               "action": "enhance", "guidance_scale": 2, "resolution": 64}
+
+
+def _write_text_config(folder, *, prompt=None, network=None, train=None, save=None):
+    """A one-entry prompts file and a text-slider config on the tiny model in `folder`, saving under
+    `folder/models` as slider "size"; each section's keys are overridden by the dict given."""
+    import yaml
+
+    prompts = folder / "prompts.yaml"
+    prompts.write_text(yaml.safe_dump([{**TEXT_PROMPT, **(prompt or {})}]))
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "prompts_file": str(prompts),
+        "pretrained_model": {"name_or_path": "builtin:tiny-sdxl"},
+        "network": {"rank": 2, **(network or {})},
+        "train": {"precision": "fp32", "max_denoising_steps": 6, **(train or {})},
+        "save": {"name": "size", "path": str(folder / "models"), **(save or {})},
+    }))
+    return config
+
+
+@pytest.fixture
+def write_text_config():
+    """`_write_text_config(folder, prompt=..., network=..., train=..., save=...)` -> the config's path."""
+    return _write_text_config

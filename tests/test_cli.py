@@ -17,48 +17,13 @@ from sliders.network import read_slider_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PROMPTS = """
-- target: "circle"
-  positive: "large circle"
-  unconditional: "small circle"
-  action: enhance
-  guidance_scale: 2
-  resolution: 64
-  batch_size: 2
-"""
-
-CONFIG = """
-prompts_file: "{prompts}"
-pretrained_model:
-  name_or_path: "builtin:tiny-sdxl"
-network:
-  type: "c3lier"
-  rank: 2
-  alpha: 1.0
-  training_method: "noxattn"
-train:
-  precision: "fp32"
-  noise_scheduler: "ddim"
-  iterations: 2
-  lr: 0.001
-  optimizer: "AdamW"
-  lr_scheduler: "cosine"
-  max_denoising_steps: 6
-save:
-  name: "size"
-  path: "{out}"
-  per_steps: 1
-  precision: "fp32"
-"""
-
-
 @pytest.fixture
-def text_config(tmp_path):
-    prompts = tmp_path / "prompts.yaml"
-    prompts.write_text(PROMPTS)
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(prompts=prompts, out=tmp_path / "models"))
-    return config
+def text_config(tmp_path, write_text_config):
+    return write_text_config(
+        tmp_path, prompt={"batch_size": 2}, network={"type": "c3lier", "alpha": 1.0, "training_method": "noxattn"},
+        train={"noise_scheduler": "ddim", "iterations": 2, "lr": 0.001, "optimizer": "AdamW", "lr_scheduler": "cosine"},
+        save={"per_steps": 1, "precision": "fp32"},
+    )
 
 
 @pytest.fixture

@@ -27,37 +27,6 @@ from sliders.trainer import _train_step, make_lr_scheduler, make_optimizer, prep
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 BIN = Path(sys.executable).parent
 
-PROMPTS = """
-- target: "circle"
-  positive: "large circle"
-  unconditional: "small circle"
-  action: enhance
-  guidance_scale: 2
-  resolution: 64
-"""
-
-CONFIG = """
-prompts_file: "{prompts}"
-pretrained_model:
-  name_or_path: "builtin:tiny-sdxl"
-network:
-  rank: 2
-train:
-  precision: "fp32"
-  iterations: 1
-  # eps 1: Adam's first step is about lr * gradient (not lr * its sign), so comparing sliders after one
-  # step compares the averaged gradients, and float rounding stays rounding.
-  lr: 1.0
-  optimizer: "adamw"
-  optimizer_args: "eps=1.0"
-  max_denoising_steps: 6
-  seed: 5
-save:
-  name: "size"
-  path: "{out}"
-  per_steps: 100
-"""
-
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -82,12 +51,11 @@ def launch(command: str, *args: str, processes: int = 2, timeout: int = 300) -> 
 
 
 @pytest.fixture
-def text_config(tmp_path, tiny_model_dir):
-    prompts = tmp_path / "prompts.yaml"
-    prompts.write_text(PROMPTS)
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(prompts=prompts, out=tmp_path / "models"))
-    return config
+def text_config(tmp_path, tiny_model_dir, write_text_config):
+    # eps 1: Adam's first step is about lr * gradient (not lr * its sign), so comparing sliders after one
+    # step compares the averaged gradients, and float rounding stays rounding.
+    return write_text_config(tmp_path, train={"iterations": 1, "lr": 1.0, "optimizer": "adamw",
+                                              "optimizer_args": "eps=1.0", "seed": 5}, save={"per_steps": 100})
 
 
 def _slider(tmp_path, name="size"):

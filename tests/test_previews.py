@@ -13,40 +13,9 @@ from sliders.errors import InputError
 from sliders.network import read_slider_file
 from sliders.previews import preview_path
 
-PROMPTS = """
-- target: "circle"
-  positive: "large circle"
-  unconditional: "small circle"
-  action: enhance
-  guidance_scale: 2
-  resolution: 64
-"""
-
-CONFIG = """
-prompts_file: "{prompts}"
-pretrained_model:
-  name_or_path: "builtin:tiny-sdxl"
-network:
-  rank: 2
-train:
-  precision: "fp32"
-  iterations: 2
-  lr: 0.01
-  max_denoising_steps: 6
-save:
-  name: "size"
-  path: "{out}"
-  per_steps: 100
-"""
-
-
 @pytest.fixture
-def text_config(tmp_path, tiny_model_dir):
-    prompts = tmp_path / "prompts.yaml"
-    prompts.write_text(PROMPTS)
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(prompts=prompts, out=tmp_path / "models"))
-    return config
+def text_config(tmp_path, tiny_model_dir, write_text_config):
+    return write_text_config(tmp_path, train={"iterations": 2, "lr": 0.01}, save={"per_steps": 100})
 
 
 def _folder(tmp_path, name="size"):
