@@ -1,6 +1,8 @@
-"""Shared fixtures: the tiny SDXL-shaped model built once per session, offline, in a temporary home."""
+"""Shared fixtures and helpers: the tiny SDXL-shaped model built once per session, offline, in a temporary
+home; the tiny text-slider configs the command-line tests train (`cli_config_text`, `text_config`)."""
 
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -60,23 +62,93 @@ def one_thread():
 TEXT_PROMPT = {"target": "circle", "positive": "large circle", "unconditional": "small circle",
                "action": "enhance", "guidance_scale": 2, "resolution": 64}
 
+# The command-line tests' tiny run, as YAML text (some tests edit the text itself): two
+# iterations, a checkpoint every step.
+CLI_PROMPTS = """
+- target: "circle"
+  positive: "large circle"
+  unconditional: "small circle"
+  action: enhance
+  guidance_scale: 2
+  resolution: 64
+  batch_size: 2
+"""
 
-def _write_text_config(folder, *, prompt=None, network=None, train=None, save=None):
-    """A one-entry prompts file and a text-slider config on the tiny model in `folder`, saving under
-    `folder/models` as slider "size"; each section's keys are overridden by the dict given."""
+CLI_CONFIG = """
+prompts_file: "{prompts}"
+pretrained_model:
+  name_or_path: "builtin:tiny-sdxl"
+network:
+  type: "c3lier"
+  rank: 2
+  alpha: 1.0
+  training_method: "noxattn"
+train:
+  precision: "fp32"
+  noise_scheduler: "ddim"
+  iterations: 2
+  lr: 0.001
+  optimizer: "AdamW"
+  lr_scheduler: "cosine"
+  max_denoising_steps: 6
+save:
+  name: "size"
+  path: "{out}"
+  per_steps: 1
+  precision: "fp32"
+"""
+
+
+def text_config(folder, *, prompt=None, network=None, train=None, save=None) -> dict:
+    """A one-entry prompts file written in `folder` and a text-slider config (as a dict) on the tiny
+    model that reads it, saving under `folder/models` as slider "size"; each section's keys are
+    overridden by the dict given."""
     import yaml
 
     prompts = folder / "prompts.yaml"
     prompts.write_text(yaml.safe_dump([{**TEXT_PROMPT, **(prompt or {})}]))
-    config = folder / "config.yaml"
-    config.write_text(yaml.safe_dump({
+    return {
         "prompts_file": str(prompts),
         "pretrained_model": {"name_or_path": "builtin:tiny-sdxl"},
         "network": {"rank": 2, **(network or {})},
         "train": {"precision": "fp32", "max_denoising_steps": 6, **(train or {})},
         "save": {"name": "size", "path": str(folder / "models"), **(save or {})},
-    }))
-    return config
+    }
+
+
+def cli_config_text(folder, **train) -> str:
+    """CLI_CONFIG for a run in `folder` (its prompts file written there), with `train` keys added."""
+    prompts = folder / "prompts.yaml"
+    prompts.write_text(CLI_PROMPTS)
+    text = CLI_CONFIG.format(prompts=prompts, out=folder / "models")
+    head, section, rest = text.partition("train:\n")
+    for key, value in train.items():
+        line = f"  {key}: {value}\n"
+        body, _, tail = rest.partition("\nsave:")
+        if f"\n  {key}: " in "\n" + body:
+            body = re.sub(rf"^  {re.escape(key)}: .*$", line.rstrip("\n"), body, count=1, flags=re.MULTILINE)
+        else:
+            body = line + body
+        rest = body + "\nsave:" + tail
+    return head + section + rest
+
+
+def cli_text_config(folder, **train) -> dict:
+    """`cli_config_text` as a dict."""
+    import yaml
+
+    return yaml.safe_load(cli_config_text(folder, **train))
+
+
+def write_yaml(data: dict, path):
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _write_text_config(folder, **sections):
+    return write_yaml(text_config(folder, **sections), folder / "config.yaml")
 
 
 @pytest.fixture

@@ -15,15 +15,15 @@ from PIL import Image
 from sliders.cli import eval_main, sample_main, train_images_main, train_main
 from sliders.network import read_slider_file
 
+from conftest import cli_config_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
-def text_config(tmp_path, write_text_config):
-    return write_text_config(
-        tmp_path, prompt={"batch_size": 2}, network={"type": "c3lier", "alpha": 1.0, "training_method": "noxattn"},
-        train={"noise_scheduler": "ddim", "iterations": 2, "lr": 0.001, "optimizer": "AdamW", "lr_scheduler": "cosine"},
-        save={"per_steps": 1, "precision": "fp32"},
-    )
+def text_config(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(cli_config_text(tmp_path))
+    return config
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import random
 
 import pytest
 import torch
-import yaml
 
 from sliders.cli import sample_main, train_images_main, train_main
 from sliders.config import FAST_XK_MAX_STEPS, load_config
@@ -24,7 +23,8 @@ from sliders.network import SliderNetwork
 from sliders.stats import RunStats
 
 from test_objectives import _objective, text_setup  # noqa: F401  (fixture)
-from test_cli import CONFIG, PROMPTS, _error_line, image_root  # noqa: F401  (fixture)
+from conftest import cli_text_config, write_yaml
+from test_cli import _error_line, image_root  # noqa: F401  (fixture)
 
 
 def _denoise_args(text_setup):
@@ -172,13 +172,7 @@ def test_gradient_checkpointing_gives_the_same_slider_gradients(text_setup):
 
 
 def _write_config(tmp_path, **train):
-    prompts = tmp_path / "prompts.yaml"
-    prompts.write_text(PROMPTS)
-    config = yaml.safe_load(CONFIG.format(prompts=prompts, out=tmp_path / "models"))
-    config["train"].update(train)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_yaml(cli_text_config(tmp_path, **train), tmp_path / "config.yaml")
 
 
 @pytest.mark.parametrize("flags, forward, calls", [

@@ -376,13 +376,9 @@ def test_save_key_format_decides_how_training_names_the_layers(tmp_path):
     from sliders.config import load_config
     from sliders.network import read_slider_file
 
-    from test_cli import CONFIG, PROMPTS
+    from conftest import cli_text_config
 
-    prompts = tmp_path / "prompts.yaml"
-    prompts.write_text(PROMPTS)
-    config = yaml.safe_load(CONFIG.format(prompts=prompts, out=tmp_path / "models"))
-    config["train"]["iterations"] = 1
-    config["train"]["max_denoising_steps"] = 2
+    config = cli_text_config(tmp_path, iterations=1, max_denoising_steps=2)
     for key_format, (present, absent) in (("kohya", ("_input_blocks_", "_down_blocks_")),
                                           ("diffusers", ("_down_blocks_", "_input_blocks_"))):
         config["save"].update(key_format=key_format, name=key_format)

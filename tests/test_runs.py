@@ -19,19 +19,15 @@ from sliders.cli import sample_main, train_images_main, train_main
 from sliders.network import SliderNetwork, read_slider_file
 from sliders.objectives import TextObjective
 from sliders.runs import RunLock, check_writable_folder, latest_resume_point
-from test_cli import CONFIG, PROMPTS, _error_line, image_root  # noqa: F401  (fixture)
+from conftest import cli_config_text
+from test_cli import _error_line, image_root  # noqa: F401  (fixture)
 
 RUN = "size_alpha1.0_rank2_noxattn"
 
 
 def _config(tmp_path, **train):
-    prompts = tmp_path / "prompts.yaml"
-    prompts.write_text(PROMPTS)
-    text = CONFIG.format(prompts=prompts, out=tmp_path / "models")
-    for key, value in train.items():
-        text = text.replace("train:\n", f"train:\n  {key}: {value}\n", 1)
     config = tmp_path / f"config{len(list(tmp_path.glob('config*.yaml')))}.yaml"
-    config.write_text(text)
+    config.write_text(cli_config_text(tmp_path, **train))
     return config
 
 
