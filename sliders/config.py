@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import InputError
-from .files import atomic_path
+from .files import write_text_atomic
 
 BUILTIN_MODEL = "builtin:shapes"  # the default: the shapes-world model shipped in sliders/assets
 TINY_MODEL = "builtin:tiny-sdxl"  # random weights, built on first use: for tests
@@ -501,8 +501,7 @@ def config_to_dict(config: Config) -> dict:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    with atomic_path(path) as temporary:
-        Path(temporary).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def run_folder_name(config: Config) -> str:

@@ -51,18 +51,21 @@ from .config import (DEFAULT_INVERSION, EDIT_GUIDANCE, EDIT_START_NOISE, EDIT_ST
                      NULL_TEXT_ITERATIONS)
 from .data import IMAGE_EXTENSIONS, centre_square, read_rgb, to_pixels
 from .errors import InputError
-from .files import atomic_path
+from .files import write_text_atomic
 from .models import Conditioning, ddim_update, guided_noise, predict_noise, time_ids
 from .network import SliderNetwork
 from .sampling import (
+    GRID_NAME,
     Sample,
     SliderSpec,
     combination_label,
+    distinct_stems,
     kept_on_interrupt,
     loaded,
     multipliers_at,
     owned_output,
     plan_run,
+    set_multipliers,
     write_kept,
     write_png,
 )
@@ -78,7 +81,6 @@ NULL_TEXT_EPSILON = 1e-5
 MAX_NULL_TEXT_ITERATIONS = 1000
 MAX_IMAGES = 10_000
 REPORT_NAME = "edits.json"
-GRID_NAME = "grid.png"
 INPUT_LABEL = "input"
 
 
@@ -130,17 +132,6 @@ def image_prompts(prompt: str | Sequence[str], count: int) -> tuple[str, ...]:
         raise InputError(f"{len(texts)} prompts for {count} images; give one --prompt for all images or one per image, "
                          "in the order of the --image flags")
     return tuple(texts)
-
-
-def image_names(paths: Sequence[Path]) -> list[str]:
-    """File stems made distinct ('cat', 'cat_2') so that outputs of two inputs never collide."""
-    names: list[str] = []
-    for path in paths:
-        name, count = path.stem or "image", 2
-        while name in names:
-            name, count = f"{path.stem}_{count}", count + 1
-        names.append(name)
-    return names
 
 
 def prepare_image(path: Path, name: str, resolution: int) -> EditImage:
@@ -379,11 +370,6 @@ def invert(unet, schedule: Schedule, latents: torch.Tensor, cond: Conditioning, 
     return Inversion(method, start, begin, cond, unconds, corrections, time.perf_counter() - started)
 
 
-def _apply(sliders: Sequence[SliderNetwork], multipliers: Sequence[float]) -> None:
-    for slider, multiplier in zip(sliders, multipliers):
-        slider.multiplier = multiplier
-
-
 @torch.no_grad()
 def regenerate(unet, schedule: Schedule, inversion: Inversion, sliders: Sequence[SliderNetwork],
                scales: Sequence[float], *, start_noise: float, guidance_scale: float,
@@ -395,13 +381,13 @@ def regenerate(unet, schedule: Schedule, inversion: Inversion, sliders: Sequence
     try:
         for n, step in enumerate(range(inversion.start, schedule.steps)):
             timestep = float(schedule.timesteps[step])
-            _apply(sliders, multipliers_at(timestep, scales, start_noise))
+            set_multipliers(sliders, multipliers_at(timestep, scales, start_noise))
             cond = edited if edited is not None and timestep <= start_noise else inversion.cond
             latents = guided_step(unet, schedule, latents, step, inversion.unconds[n], cond, guidance_scale)
             if inversion.corrections is not None:
                 latents = latents + inversion.corrections[n]
     finally:
-        _apply(sliders, [0.0] * len(sliders))
+        set_multipliers(sliders, [0.0] * len(sliders))
     return latents
 
 
@@ -471,7 +457,7 @@ def edit_images(pipe, sliders: Sequence[SliderNetwork], scale_lists: Sequence[Se
         texts = [prompts[index]] + ([edited_prompts[index]] if edited_prompts is not None else [])
         conds, uncond = encode_conditioning(pipe, texts, negative_prompt, item.time_ids, device)
         latents = encode_image(pipe.vae, item.image).to(device)
-        _apply(sliders, [0.0] * len(sliders))
+        set_multipliers(sliders, [0.0] * len(sliders))
         inversion = invert(unet, schedule, latents, conds[0], uncond, method=method, start_noise=start_noise,
                            guidance_scale=guidance_scale, null_text_iterations=null_text_iterations)
         logger.debug("inverted %s (%s) in %.1f s", item.path, method, inversion.seconds)
@@ -549,9 +535,7 @@ def edit_report(results: Sequence[Edited], settings: dict) -> dict:
 
 
 def write_json(data: dict, path: Path) -> Path:
-    with atomic_path(path) as temporary:
-        Path(temporary).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def edit_name(image: str, multipliers: Sequence[float], slider_names: Sequence[str]) -> str:
@@ -615,7 +599,7 @@ def run_editing(
         guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
         resolution=resolution, negative_prompt=negative_prompt,
     )
-    names = image_names(paths)
+    names = distinct_stems(paths)
     slider_names = plan.slider_names
     written: list[Path] = []
     made: list[Sample] = []

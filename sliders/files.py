@@ -34,3 +34,10 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` through `atomic_path`; returns the path."""
+    with atomic_path(path) as temporary:
+        Path(temporary).write_text(text, encoding="utf-8")
+    return Path(path)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .files import atomic_path
+from .files import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -301,10 +301,7 @@ def write_state(checkpoint: Path, parts: dict[str, Any], info: dict[str, Any]) -
     layout = {name: _flatten(value, name, tensors) for name, value in parts.items()}
     with atomic_path(tensor_path) as temporary:
         save_file(tensors, temporary, metadata={"format": "sliders-training-state"})
-    with atomic_path(json_path) as temporary:
-        Path(temporary).write_text(
-            json.dumps({"version": STATE_VERSION, **info, "layout": layout}) + "\n", encoding="utf-8"
-        )
+    write_text_atomic(json_path, json.dumps({"version": STATE_VERSION, **info, "layout": layout}) + "\n")
     return json_path, tensor_path
 
 

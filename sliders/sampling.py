@@ -238,7 +238,7 @@ def multipliers_at(timestep: float, scales: Sequence[float], start_noise: float)
     return tuple(float(scale) for scale in scales)
 
 
-def _apply(sliders: Sequence[SliderNetwork], multipliers: Sequence[float]) -> None:
+def set_multipliers(sliders: Sequence[SliderNetwork], multipliers: Sequence[float]) -> None:
     for slider, multiplier in zip(sliders, multipliers):
         slider.multiplier = multiplier
 
@@ -279,7 +279,7 @@ def _switch(sliders: Sequence[SliderNetwork], multipliers: Sequence[float], fuse
     """
     if tuple(slider.multiplier for slider in sliders) == tuple(float(m) for m in multipliers):
         return
-    _apply(sliders, multipliers)
+    set_multipliers(sliders, multipliers)
     if fuse is not None and any(multipliers):
         for slider in sliders:
             fuse.enter_context(slider.fused())
@@ -356,7 +356,7 @@ def generate(
                         fuse = stack if fused else None
                         # From all-off, so that `_switch` sees a change (and folds) even when the previous
                         # image ended at the same multipliers.
-                        _apply(sliders, [0.0] * len(sliders))
+                        set_multipliers(sliders, [0.0] * len(sliders))
                         _switch(sliders, multipliers_at(first, scales, start_noise_value), fuse)
                         text = dict(encoded[prompt]) if encoded is not None else {
                             "prompt": prompt, "negative_prompt": negative}
@@ -383,7 +383,7 @@ def generate(
             raise
         failure = error  # told to the other processes below, so that none waits for this one
     finally:
-        _apply(sliders, [0.0] * len(sliders))
+        set_multipliers(sliders, [0.0] * len(sliders))
     if not processes.several:
         return samples
     processes.check(failure)
@@ -428,7 +428,7 @@ _write_png = write_png
 # --------------------------------------------------------------------------------------------------
 
 
-def _slider_names(paths: Sequence[Path]) -> list[str]:
+def distinct_stems(paths: Sequence[Path]) -> list[str]:
     """File stems, made distinct ('age', 'age_2') so labels and file names never collide."""
     names: list[str] = []
     for path in paths:
@@ -580,7 +580,7 @@ def plan_run(
         model=model,
         resolution=resolution,
         output=output,
-        slider_names=tuple(_slider_names([spec.path for spec in specs])),
+        slider_names=tuple(distinct_stems([spec.path for spec in specs])),
     )
 
 

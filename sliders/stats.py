@@ -17,7 +17,7 @@ from typing import Iterator, Mapping
 
 import torch
 
-from .files import atomic_path
+from .files import write_text_atomic
 
 # The phases a training step is split into; whatever falls outside them is reported as "other".
 # `gradient_averaging` is the all-reduce of several processes; `previews` the training previews.
@@ -127,6 +127,4 @@ class RunStats:
 
     def write(self, path: str | Path, extra: Mapping[str, object] | None = None) -> Path:
         """Write `stats.json` atomically (temporary file, then rename)."""
-        with atomic_path(path) as temporary:
-            Path(temporary).write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2) + "\n", encoding="utf-8")
-        return Path(path)
+        return write_text_atomic(path, json.dumps({**self.to_dict(), **(extra or {})}, indent=2) + "\n")

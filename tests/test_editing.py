@@ -22,7 +22,6 @@ from sliders.editing import (
     edit_grid,
     edit_images,
     encode_image,
-    image_names,
     invert,
     make_schedule,
     prepare_image,
@@ -33,7 +32,7 @@ from sliders.editing import (
 from sliders.errors import InputError
 from sliders.models import load_pipeline
 from sliders.network import SliderNetwork
-from sliders.sampling import SliderSpec
+from sliders.sampling import SliderSpec, distinct_stems
 from sliders.shapes.world import render_dataset
 
 SIZE = 64
@@ -355,7 +354,7 @@ def test_bad_inputs_are_refused_before_the_model_loads(no_model_load, slider_fil
 
 
 def test_image_names_are_distinct():
-    assert image_names([Path("a/x.png"), Path("b/x.jpg"), Path("x_2.png")]) == ["x", "x_2", "x_2_2"]
+    assert distinct_stems([Path("a/x.png"), Path("b/x.jpg"), Path("x_2.png")]) == ["x", "x_2", "x_2_2"]
 
 
 def test_psnr():

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..files import atomic_path
+from ..files import write_text_atomic
 from ..grids import combination_label
 from ..sampling import write_png
 from .measurers import is_reference, pair_key
@@ -279,21 +279,14 @@ def _reconstruction_lines(report: Mapping) -> list[str]:
     ]
 
 
-def _write_text(text: str, path: Path) -> Path:
-    """Write through a temporary file in the same folder, renamed into place."""
-    with atomic_path(path) as temporary:
-        Path(temporary).write_text(text, encoding="utf-8")
-    return path
-
-
 def write_report(report: Mapping, output_dir: str | Path) -> dict[str, Path]:
     """Write `report.json`, `report.md` and `plot.png` into `output_dir`; returns their paths by kind."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     report = jsonable(report)
     paths = {
-        "json": _write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", output / REPORT_JSON),
-        "markdown": _write_text(report_markdown(report), output / REPORT_MD),
+        "json": write_text_atomic(output / REPORT_JSON, json.dumps(report, indent=2, allow_nan=False) + "\n"),
+        "markdown": write_text_atomic(output / REPORT_MD, report_markdown(report)),
         "plot": write_png(plot_report(report), output / REPORT_PLOT),
     }
     logger.debug("wrote %s, %s and %s", *paths.values())
