@@ -311,18 +311,21 @@ def _image_entry(prompts_file: str | None, resolution: int | None):
     return make_entry(raw, "image slider prompt entry")
 
 
-def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: str, start_noise: int = 750,
-                      guidance_scale: float = 5.0, fused: bool = True) -> None:
+def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: str, start_noise: int | None = None,
+                      guidance_scale: float | None = None, fused: bool = True) -> None:
     """Flags that sliders-sample, sliders-eval and sliders-edit share: how images are generated and where they go."""
     parser.add_argument("--slider", action="append", required=True, metavar="PATH[:SCALES]",
                         help="slider file, optionally with its own scales (repeat for several sliders)")
     parser.add_argument("--negative_prompt", default="", help="negative prompt")
     parser.add_argument("--start_noise", type=int, default=start_noise,
                         help="sliders are off while the timestep is above this (default "
-                             + (f"{start_noise})" if start_noise is not None else "750; 500 for edits)"))
+                             + (f"{start_noise})" if start_noise is not None else "the slider's recorded value, else its "
+                                "family's: 750 SDXL, 850 SD 1.x/2.x)"))
     parser.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
     parser.add_argument("--guidance_scale", type=float, default=guidance_scale,
-                        help=f"classifier-free guidance (default {guidance_scale:g})")
+                        help="classifier-free guidance (default "
+                             + (f"{guidance_scale:g})" if guidance_scale is not None else "the slider's family's: 5 SDXL, "
+                                "7.5 SD 1.x/2.x; few-step models want 0-1)"))
     parser.add_argument("--pretrained_model", help="base model (default: the one recorded in the slider)")
     parser.add_argument("--resolution", type=int, help="image size (default: the slider's training resolution)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="model dtype")
@@ -411,9 +414,6 @@ def _eval(argv: Sequence[str] | None) -> int:
 
     if args.edit_scenes is not None:
         return _eval_edits(args)
-    if args.start_noise is None:
-        args.start_noise = 750
-
     from .evaluation import read_prompt_lines, run_evaluation
 
     prompts = list(args.prompt or [])
@@ -548,17 +548,17 @@ def _convert(argv: Sequence[str] | None) -> int:
     parser.add_argument("input", help="slider file: .safetensors (kohya, diffusers or PEFT naming) or an official .pt")
     parser.add_argument("output", help="the .safetensors file to write")
     parser.add_argument("--to", default="kohya", help="key format: kohya (default; loads in A1111, Forge, ComfyUI, "
-                        "diffusers), diffusers (lora_unet_down_blocks_...), peft (unet.*.lora_A/B)")
+                        "diffusers), diffusers (lora_unet_down_blocks_...), peft (unet.*.lora_A/B; diffusers/PEFT only)")
     parser.add_argument("--pretrained_model",
                         help="base model whose UNet layout places the layer names (default: the one the file records, else SDXL)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
-    from .export import convert_slider
+    from .export import KEY_FORMAT_NOTES, convert_slider
 
     path = convert_slider(args.input, args.output, args.to, pretrained_model=args.pretrained_model)
-    print(f"wrote {path} ({args.to} key format)")
+    print(f"wrote {path} ({args.to} key format: {KEY_FORMAT_NOTES[args.to]})")
     return 0
 
 
@@ -571,9 +571,14 @@ def _export(argv: Sequence[str] | None) -> int:
     parser.add_argument("--ui", required=True, help="comfyui (writes a workflow JSON), a1111 or diffusers (print)")
     parser.add_argument("--scale", type=float, help="slider strength once on (default: the largest recorded scale)")
     parser.add_argument("--start_noise", type=float, help="slider off while the timestep is above this (default: recorded, else 750)")
-    parser.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
+    parser.add_argument("--steps", type=int, default=30,
+                        help="sampling steps the workflow, syntax or snippet is made for (default 30)")
     parser.add_argument("--prompt", default="a photo of a person", help="prompt in the workflow or snippet")
-    parser.add_argument("--checkpoint", default="sd_xl_base_1.0.safetensors", help="ComfyUI checkpoint name")
+    parser.add_argument("--seed", type=int, default=0, help="seed in the workflow or snippet (default 0)")
+    parser.add_argument("--resolution", type=int,
+                        help="image size in the workflow or snippet (default: the slider's training resolution, else 1024)")
+    parser.add_argument("--checkpoint", help="ComfyUI checkpoint name (default: the slider family's base, e.g. "
+                        "sd_xl_base_1.0.safetensors)")
     parser.add_argument("--pretrained_model", help="diffusers base model in the snippet (default: the recorded one)")
     parser.add_argument("--output", help="where the ComfyUI workflow goes (default: <slider>_comfyui.json beside the slider)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
@@ -583,30 +588,43 @@ def _export(argv: Sequence[str] | None) -> int:
     import json
     from pathlib import Path
 
-    from .export import a1111_text, check_ui, comfyui_workflow, diffusers_snippet, recommended
-    from .network import read_slider_file
+    from .export import (COMFYUI_SOURCE, a1111_text, check_output_file, check_steps, check_ui, check_ui_naming,
+                         comfyui_workflow, diffusers_snippet, read_checked_slider, recommended, resolution_for)
+    from .families import SDXL, family_of_slider
+    from .files import write_text_atomic
 
     ui = check_ui(args.ui)
     path = Path(args.slider)
-    tensors, metadata = read_slider_file(path)
-    if path.suffix.lower() != ".safetensors":
+    if path.suffix.lower() != ".safetensors" and path.is_file():
         raise InputError(f"'{path}' is not .safetensors, which UIs load; convert it first: sliders-convert {path} "
                          f"{path.with_suffix('.safetensors')}")
+    tensors, metadata = read_checked_slider(path)
+    check_ui_naming(path, tensors, metadata, ui)
     if ui == "a1111" and any(key.startswith("lora_unet_up_blocks_") for key in tensors):
         logger.warning("this file has diffusers-path names, of which AUTOMATIC1111 drops up_blocks.0's upsampler; "
                        "sliders-convert it (--to kohya) for a complete load")
     start_noise, scale = recommended(metadata, args.start_noise, args.scale)
+    family = family_of_slider(metadata) or SDXL
+    steps = check_steps(args.steps)
+    resolution = resolution_for(metadata, path, args.resolution)
     if ui == "comfyui":
-        workflow = comfyui_workflow(path.name, scale, start_noise, checkpoint=args.checkpoint, prompt=args.prompt,
-                                    steps=args.steps)
         output = Path(args.output) if args.output else path.with_name(f"{path.stem}_comfyui.json")
-        output.write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {output} (ComfyUI API-format workflow; put {path.name} in models/loras)")
+        check_output_file(output, "choose another --output")
+        workflow = comfyui_workflow(path.name, scale, start_noise, checkpoint=args.checkpoint or family.comfyui_checkpoint,
+                                    prompt=args.prompt,
+                                    steps=steps, seed=args.seed, width=resolution, height=resolution)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(output, json.dumps(workflow, indent=2) + "\n")
+        print(f"wrote {output} (ComfyUI API-format workflow, {steps} steps, sampler euler, scheduler normal; inputs as "
+              f"in {COMFYUI_SOURCE}; put {path.name} in models/loras; queue it as is: its start_percent is exact)")
     elif ui == "a1111":
-        print(a1111_text(path.stem, scale, start_noise, args.steps))
+        print(a1111_text(path.stem, scale, start_noise, steps))
     else:
-        model = args.pretrained_model or metadata.get("sliders_base_model") or "stabilityai/stable-diffusion-xl-base-1.0"
-        print(diffusers_snippet(str(path), scale, start_noise, model=model, prompt=args.prompt, steps=args.steps), end="")
+        model = args.pretrained_model or metadata.get("sliders_base_model") or family.hub_id
+        print(diffusers_snippet(str(path.resolve()), scale, start_noise, model=model, prompt=args.prompt, steps=steps,
+                                seed=args.seed, height=resolution, width=resolution,
+                                guidance_scale=family.defaults.guidance_scale, pipeline_class=family.pipeline_class),
+              end="")
     return 0
 
 

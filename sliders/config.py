@@ -20,6 +20,7 @@ from .errors import InputError
 from .files import write_text_atomic
 
 BUILTIN_MODEL = "builtin:shapes"  # the default: the shapes-world model shipped in sliders/assets
+SHAPES_SD1_MODEL = "builtin:shapes-sd1"  # the shapes world on an SD 1.x-architecture model
 TINY_MODEL = "builtin:tiny-sdxl"  # random weights, built on first use: for tests
 
 NETWORK_TYPES = ("lierla", "c3lier")
@@ -47,11 +48,18 @@ OPTIMIZERS = (
 )
 # How slider files name their layers (sliders/formats.py writes and reads each).
 KEY_FORMATS = ("kohya", "diffusers", "peft")
+FAMILY_NAMES = ("sdxl", "sd1", "sd2")  # the model families of sliders.families, in its order
 LR_SCHEDULERS = ("constant", "cosine", "cosine_with_restarts", "step", "linear")
 # Bounds of values that pass as numbers but would fail (or fill the disk) only after the model loads.
 MAX_RANK = 1024
 MAX_TIMESTEPS = 1000  # the training noise schedule's steps: no schedule can have more
 MAX_CLIP_SKIP = 10
+MAX_ITERATIONS = 1_000_000  # the paper trains 1000 steps; also the bound of every "every N steps" setting
+MAX_TRAJECTORY_REUSE = 1000  # each queued start point keeps its latents, in memory and in every checkpoint's state
+MAX_RESOLUTION = 4096  # beyond this a step needs more memory than any GPU has
+MAX_FOLDERS_PER_STEP = 64  # each folder of a step is one slider forward and backward
+MAX_GUIDANCE = 100  # classifier-free guidance of 5 to 7.5 is usual; far beyond it an image is only noise
+MAX_PREVIEW_IMAGES = 256  # prompts x seeds x scales of one preview grid, made every `sample.every` steps
 MAX_NAME_LENGTH = 200
 UNSAFE_NAME_CHARACTERS = '/\\:*?"<>|'
 XK_SPACINGS = ("late", "even")
@@ -83,6 +91,7 @@ PRECISION_ALIASES = {
 @dataclass(frozen=True)
 class PretrainedModelConfig:
     name_or_path: str = BUILTIN_MODEL
+    family: str | None = None  # sdxl, sd1, sd2; None: read from the model's files (sliders.families)
     v2: bool = False
     v_pred: bool = False
     clip_skip: int | None = None
@@ -298,6 +307,11 @@ def check_name(name: str) -> str:
     return name
 
 
+def _plain(value: float) -> str:
+    """1000000 rather than 1e+06; 1e+39 and 0.0002 as they are."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
 def _check(config: Config) -> Config:
     """Validate choices and ranges; return the config with names normalised."""
     network, train, save = config.network, config.train, config.save
@@ -318,7 +332,7 @@ def _check(config: Config) -> Config:
 
     def at_most(where: str, value: float, maximum: float, why: str) -> None:
         if value > maximum:
-            raise InputError(f"config key '{where}' must be at most {maximum:g}, got {value:g}; {why}")
+            raise InputError(f"config key '{where}' must be at most {_plain(maximum)}, got {_plain(value)}; {why}")
 
     def positive(where: str, value: float, minimum: float = 0.0, strict: bool = True) -> None:
         if value < minimum or (strict and value == minimum):
@@ -334,6 +348,11 @@ def _check(config: Config) -> Config:
     if config.data.folders_per_step is not None:
         positive("data.folders_per_step", config.data.folders_per_step)
     positive("train.trajectory_reuse", train.trajectory_reuse)
+    at_most("train.iterations", train.iterations, MAX_ITERATIONS, "the paper trains 1000 steps")
+    at_most("save.per_steps", save.per_steps, MAX_ITERATIONS,
+            f"a value above train.iterations ({train.iterations}) already saves no step checkpoint")
+    _check_reuse(train)
+    _check_data(config.data)
     at_most("network.rank", network.rank, MAX_RANK, "LoRA ranks of 4 to 64 are usual")
     # alpha / rank scales the slider's change; past the largest rank the scale only blows up the loss.
     at_most("network.alpha", network.alpha, MAX_RANK, "alpha is usually 1 or the rank (0 means the rank)")
@@ -351,6 +370,10 @@ def _check(config: Config) -> Config:
         xk_max_steps = FAST_XK_MAX_STEPS
     if xk_max_steps is not None:
         positive("train.xk_max_steps", xk_max_steps)
+        if train.xk_max_steps is not None:  # what train.fast sets fits any schedule: a jump per step at most
+            at_most("train.xk_max_steps", xk_max_steps, train.max_denoising_steps,
+                    f"x_k is at most train.max_denoising_steps ({train.max_denoising_steps}) denoising steps away, "
+                    "so more calls than that is the faithful path: remove the key for it")
         if train.noise_scheduler.lower() not in ("ddim", "ddpm"):
             raise InputError(
                 f"train.xk_max_steps (and so train.fast) reaches x_k by DDIM jumps, which needs train.noise_scheduler "
@@ -368,10 +391,15 @@ def _check(config: Config) -> Config:
         )
     check_name(save.name)
     _check_sample(config.sample)
-    if config.pretrained_model.v2:
-        raise InputError("config key 'pretrained_model.v2' is true, but only SDXL models are supported; set it to false")
+    family = config.pretrained_model.family
+    if family is not None:
+        family = choice("pretrained_model.family", family, FAMILY_NAMES)
+        if config.pretrained_model.v2 and family != "sd2":
+            raise InputError(f"config keys 'pretrained_model.v2' (SD 2.x) and 'pretrained_model.family' ({family!r}) "
+                             "disagree; drop one of them")
     return dataclasses.replace(
         config,
+        pretrained_model=dataclasses.replace(config.pretrained_model, family=family),
         network=dataclasses.replace(
             network,
             type=choice("network.type", network.type, NETWORK_TYPES),
@@ -397,10 +425,35 @@ def _check(config: Config) -> Config:
 MAX_PREVIEW_SCALE = 100  # as for sliders-sample: far beyond the trained range is only noise
 
 
+def _check_reuse(train: TrainConfig) -> None:
+    """`train.trajectory_reuse`: one trajectory serves at most the run's steps (and MAX_TRAJECTORY_REUSE)."""
+    limit = min(train.iterations, MAX_TRAJECTORY_REUSE)
+    if train.trajectory_reuse > limit:
+        why = (f"train.iterations is {train.iterations}, and one trajectory cannot serve more steps than the run has"
+               if limit == train.iterations else
+               "each queued start point keeps its latents in memory and in every checkpoint's training state")
+        raise InputError(f"config key 'train.trajectory_reuse' must be at most {limit}, got {train.trajectory_reuse}: "
+                         f"{why}; lower it (12 is the benchmarked value, README \"Fast text sliders\")")
+
+
+def _check_data(data: DataConfig) -> None:
+    """The numbers of the `data:` section (image sliders): folders per step and the folders' scales."""
+    if data.folders_per_step is not None:
+        limit = min(len(data.folders) or MAX_FOLDERS_PER_STEP, MAX_FOLDERS_PER_STEP)
+        if data.folders_per_step > limit:
+            what = f"there are {len(data.folders)} data.folders" if data.folders else "each is a slider forward and backward"
+            raise InputError(f"config key 'data.folders_per_step' must be at most {limit}, got {data.folders_per_step} "
+                             f"({what}); lower it, or remove it to train on every folder each step")
+    for scale in data.scales:
+        if abs(scale) > MAX_PREVIEW_SCALE:
+            raise InputError(f"config key 'data.scales' has {scale:g}; use scales from -{MAX_PREVIEW_SCALE} to "
+                             f"{MAX_PREVIEW_SCALE} (image sliders train at about -2 to 2, e.g. -1,1 or 0.67,1,1.3,2)")
+
+
 def _check_sample(sample: SampleConfig) -> None:
     """The `sample:` section (training previews): ranges, and no seed or scale twice."""
-    if sample.every < 0:
-        raise InputError(f"config key 'sample.every' must be >= 0 (0 turns previews off), got {sample.every}")
+    if not 0 <= sample.every <= MAX_ITERATIONS:
+        raise InputError(f"config key 'sample.every' must be from 0 (no previews) to {MAX_ITERATIONS}, got {sample.every}")
     if not sample.seeds:
         raise InputError("config key 'sample.seeds' is empty; give at least one seed, e.g. [0]")
     for seed in sample.seeds:
@@ -420,9 +473,18 @@ def _check_sample(sample: SampleConfig) -> None:
         raise InputError(f"config key 'sample.steps' must be from 1 to {MAX_TIMESTEPS}, got {sample.steps}")
     if not 0 <= sample.start_noise <= MAX_TIMESTEPS:
         raise InputError(f"config key 'sample.start_noise' must be from 0 to {MAX_TIMESTEPS}, got {sample.start_noise:g}")
-    if sample.resolution is not None and (sample.resolution < 64 or sample.resolution % 64):
-        raise InputError(f"config key 'sample.resolution' must be a positive multiple of 64 (e.g. 512), "
-                         f"got {sample.resolution}")
+    if sample.resolution is not None and (sample.resolution < 64 or sample.resolution % 64
+                                          or sample.resolution > MAX_RESOLUTION):
+        raise InputError(f"config key 'sample.resolution' must be a multiple of 64 from 64 to {MAX_RESOLUTION} "
+                         f"(e.g. 512), got {sample.resolution}")
+    if not 0 <= sample.guidance_scale <= MAX_GUIDANCE:
+        raise InputError(f"config key 'sample.guidance_scale' must be from 0 to {MAX_GUIDANCE}, got "
+                         f"{sample.guidance_scale:g}; 5 to 7.5 is usual")
+    images = max(len(sample.prompts), 1) * len(sample.seeds) * len(sample.scales)
+    if images > MAX_PREVIEW_IMAGES:
+        raise InputError(f"config keys 'sample.prompts', 'sample.seeds' and 'sample.scales' make {images} preview images "
+                         f"({max(len(sample.prompts), 1)} x {len(sample.seeds)} x {len(sample.scales)}) in each grid; "
+                         f"use at most {MAX_PREVIEW_IMAGES}: fewer prompts, seeds or scales")
 
 
 class DuplicateKeyError(yaml.YAMLError):

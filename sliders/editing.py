@@ -51,6 +51,7 @@ from .config import (DEFAULT_INVERSION, EDIT_GUIDANCE, EDIT_START_NOISE, EDIT_ST
                      NULL_TEXT_ITERATIONS)
 from .data import IMAGE_EXTENSIONS, centre_square, read_rgb, to_pixels
 from .errors import InputError
+from .families import family_of_pipe
 from .files import write_text_atomic
 from .models import Conditioning, ddim_update, guided_noise, predict_noise, time_ids
 from .network import SliderNetwork
@@ -298,16 +299,19 @@ def null_text_unconds(unet, schedule: Schedule, states: dict[int, torch.Tensor],
     the guided step land on `states[i + 1]`, warm-started from the previous step's. Returns the latents
     the optimised steps reach at level `start` and the embeddings of steps `start` onwards."""
     latents = states[0]
-    embeds, pooled = uncond.embeds.detach().float(), uncond.pooled.detach().float()
+    embeds = uncond.embeds.detach().float()
+    pooled = None if uncond.pooled is None else uncond.pooled.detach().float()
     unconds: list[Conditioning] = []
     with _frozen(unet), torch.enable_grad():
         for step in range(schedule.steps):
             timestep = schedule.timesteps[step]
             with torch.no_grad():
                 cond_output = predict_noise(unet, latents, timestep, cond).float()
-            embeds, pooled = embeds.detach().requires_grad_(True), pooled.detach().requires_grad_(True)
+            embeds = embeds.detach().requires_grad_(True)
+            pooled = None if pooled is None else pooled.detach().requires_grad_(True)
             # The notebook's lr 1e-2 * (1 - i/100) over 50 steps, for any number of steps.
-            optimiser = torch.optim.Adam([embeds, pooled], lr=lr * (1 - step / (2 * schedule.steps)))
+            optimiser = torch.optim.Adam([t for t in (embeds, pooled) if t is not None],
+                                         lr=lr * (1 - step / (2 * schedule.steps)))
             for _ in range(iterations):
                 uncond_output = predict_noise(unet, latents, timestep, Conditioning(embeds, pooled, uncond.time_ids)).float()
                 guided = uncond_output + guidance_scale * (cond_output - uncond_output)
@@ -318,7 +322,7 @@ def null_text_unconds(unet, schedule: Schedule, states: dict[int, torch.Tensor],
                 optimiser.step()
                 if loss.item() < epsilon + step * 2 * epsilon:
                     break
-            optimised = Conditioning(embeds.detach(), pooled.detach(), uncond.time_ids)
+            optimised = Conditioning(embeds.detach(), None if pooled is None else pooled.detach(), uncond.time_ids)
             with torch.no_grad():
                 if step == start:
                     start_latents = latents
@@ -398,19 +402,19 @@ def regenerate(unet, schedule: Schedule, inversion: Inversion, sliders: Sequence
 
 def encode_conditioning(pipe, prompts: Sequence[str], negative_prompt: str, ids: torch.Tensor,
                         device: torch.device) -> tuple[list[Conditioning], Conditioning]:
-    """Each prompt's conditioning and the negative prompt's, (1, ...) each with the time ids `ids` (6,),
-    through the pipeline's own `encode_prompt` (an empty negative prompt gives SDXL's zeros)."""
+    """Each prompt's conditioning and the negative prompt's, (1, ...) each with the time ids `ids` (6,)
+    where the family has added conditioning, through the pipeline's own prompt encoding (an empty
+    negative prompt gives SDXL's zeros)."""
+    family = family_of_pipe(pipe)
     conds, uncond = [], None
     with torch.no_grad():
         for prompt in prompts:
-            embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-                prompt=prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
-                negative_prompt=negative_prompt or None,
-            )
-            row = ids.unsqueeze(0).to(device)
-            conds.append(Conditioning(embeds.float(), pooled.float(), row))
+            encoded = {k: v.float() for k, v in family.pipeline_prompt(pipe, prompt, negative_prompt, device).items()}
+            pooled, negative_pooled = encoded.get("pooled_prompt_embeds"), encoded.get("negative_pooled_prompt_embeds")
+            row = None if pooled is None else ids.unsqueeze(0).to(device)
+            conds.append(Conditioning(encoded["prompt_embeds"], pooled, row))
             if uncond is None:
-                uncond = Conditioning(negative.float(), negative_pooled.float(), row)
+                uncond = Conditioning(encoded["negative_prompt_embeds"], negative_pooled, row)
     return conds, uncond
 
 

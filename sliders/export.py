@@ -4,14 +4,17 @@
 and the official `.pt` sliders) as `.safetensors` in the `kohya`, `diffusers` or `peft` key format.
 It needs no base weights: the UNet's layer names come from its config, built on the meta device.
 
-The exports reproduce the paper's SDEdit-style switch (sliders off while the timestep is above
-`start_noise`, at their scale after) in each UI's own terms:
+The exports reproduce `sliders-sample`'s switch (a step runs with the slider on when its timestep is
+at or below `start_noise`, `sampling.multipliers_at`) in each UI's own terms, for the UI's own timesteps:
 
 - ComfyUI: a workflow in ComfyUI's API format that applies the slider as a hook LoRA whose keyframes
-  hold strength 0 until `start_percent = 1 - start_noise / 1000`, then 1 (the slider's scale).
+  hold strength 0 until `comfyui_start_percent(start_noise)`, then 1 (the slider's scale). Node and
+  input names, types and ranges are those of `COMFYUI_SOURCE`.
 - AUTOMATIC1111/Forge: the prompt syntax of the step-scheduling extensions (sd-webui-loractl's
-  `weight@step` lists; LoRA Block Weight's `start=`) for a given step count.
-- diffusers: a Python snippet that sets the adapter weight in `callback_on_step_end`.
+  `weight@step` lists; LoRA Block Weight's `start=`), for the UIs' default SDXL sampler and schedule
+  (`WEBUIS`) at a given step count, allowing for the step counter those extensions read.
+- diffusers: a Python snippet that sets the adapter weight in `callback_on_step_end` and draws its
+  starting noise as `sliders-sample` does, so it makes the same image.
 
 Nothing here loads a model's weights or runs a UI; `sliders.cli` prints or writes what these return.
 """
@@ -21,43 +24,49 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shlex
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
+from .config import MAX_TIMESTEPS
 from .errors import InputError
-from .formats import SDXL_BASE_UNET_CONFIG, check_key_format
-from .network import DEFAULT_SCALES, DEFAULT_START_NOISE, load_slider, read_slider_file
+from .families import SDXL, family_of_slider, family_of_source
+from .formats import NAMING_LABELS, SDXL_BASE_UNET_CONFIG, check_key_format, parse_tensors
+from .network import DEFAULT_SCALES, load_slider, read_slider_file
 
 logger = logging.getLogger(__name__)
 
-MAX_TIMESTEP = 1000
 UIS = ("comfyui", "a1111", "diffusers")
+# The namings AUTOMATIC1111, Forge and ComfyUI map completely (README, "Key formats"); a PEFT file loses
+# every attention layer in ComfyUI and Forge and loads nothing in AUTOMATIC1111.
+UI_NAMINGS = ("kohya", "diffusers")
 
 
 def _config_of_model(name_or_path: str) -> dict[str, Any]:
     """The UNet config of a base model folder, hub id (from the local cache) or built-in name."""
-    from diffusers import UNet2DConditionModel
-
-    from .models import resolve_model
+    from .models import read_unet_config, resolve_model
 
     source = resolve_model(name_or_path)
     if Path(source).is_file():
-        # A single-file checkpoint carries no diffusers config; single files here are SDXL.
-        return dict(SDXL_BASE_UNET_CONFIG)
-    try:
-        return dict(UNet2DConditionModel.load_config(source, subfolder="unet"))
-    except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"could not read the UNet config of base model '{source}': {first}; check the name or path") from None
+        # A single-file checkpoint carries no diffusers config: its family's reference layout (read from
+        # its tensor names; SDXL for a pickled file).
+        return dict((family_of_source(source) or SDXL).unet_config)
+    config = read_unet_config(source)
+    if config is None:
+        raise InputError(f"could not read the UNet config of base model '{source}' (unet/config.json); check the "
+                         "name or path")
+    return config
 
 
 def unet_config_for(metadata: Mapping[str, str], pretrained_model: str | None) -> dict[str, Any]:
     """The UNet config a slider's layer names are placed in.
 
     In order: the given base model, the config recorded in the file (`sliders_unet_config`), the
-    base model recorded in it, else SDXL base (files from elsewhere rarely say; SDXL is our target).
+    base model recorded in it, else the reference UNet of the family the file names (kohya's
+    `ss_base_model_version`), else SDXL base (files from elsewhere rarely say; SDXL is our target).
     """
     if pretrained_model:
         return _config_of_model(pretrained_model)
@@ -72,7 +81,11 @@ def unet_config_for(metadata: Mapping[str, str], pretrained_model: str | None) -
         try:
             return _config_of_model(base)
         except InputError:
-            logger.warning("base model '%s' of the slider is not available here; assuming SDXL base", base)
+            logger.warning("base model '%s' of the slider is not available here; assuming its family's reference "
+                           "layout", base)
+    family = family_of_slider(metadata)
+    if family is not None:
+        return dict(family.unet_config)
     logger.info("the slider does not record its base model; assuming SDXL base (pass --pretrained_model otherwise)")
     return dict(SDXL_BASE_UNET_CONFIG)
 
@@ -85,13 +98,65 @@ def meta_unet(config: Mapping[str, Any]):
         return UNet2DConditionModel.from_config(dict(config))
 
 
+# ---------------------------------------------------------------- checks before any work
+
+
+def read_checked_slider(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a slider file, refused as `sliders-sample` refuses it: unreadable, no
+    UNet LoRA layers, a layer without its down or up weight, or NaN/infinite weights."""
+    from .sampling import check_slider_file
+
+    path = Path(path)
+    tensors, metadata = read_slider_file(path)
+    check_slider_file(path, tensors, metadata)
+    return tensors, metadata
+
+
+def check_output_file(path: str | Path, fix: str) -> Path:
+    """An output file whose folder can be made and written, checked before any work (nothing is left behind).
+
+    A path through a file (`notes.txt/out.safetensors`), a read-only folder or an existing folder of
+    that name is an InputError naming the path and `fix`.
+    """
+    from .runs import check_writable_folder
+
+    path = Path(path)
+    try:
+        is_folder = path.is_dir()
+    except OSError:
+        is_folder = False
+    if is_folder:
+        raise InputError(f"output '{path}' is a folder; {fix}")
+    check_writable_folder(path.parent, "output folder", fix)
+    return path
+
+
+def check_ui_naming(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], ui: str) -> None:
+    """Refuse, for ComfyUI and AUTOMATIC1111/Forge, a file whose key naming those UIs drop, with the fix."""
+    if ui == "diffusers":
+        return
+    # A key's naming does not depend on the UNet layout: SDXL's places the names well enough to tell it.
+    parsed = parse_tensors(tensors, metadata, SDXL_BASE_UNET_CONFIG, f"slider file '{path}'")
+    dropped = [naming for naming in parsed.namings if naming not in UI_NAMINGS]
+    if dropped:
+        raise InputError(
+            f"slider file '{path}' has {NAMING_LABELS[dropped[0]]}, which ComfyUI and Forge load only in part (no "
+            f"attention layers) and AUTOMATIC1111 not at all; convert it first: sliders-convert {path} "
+            f"{path.with_name(path.stem + '_kohya.safetensors')} --to kohya"
+        )
+
+
+# ---------------------------------------------------------------- key formats
+
+
 def convert_slider(
     source: str | Path, target: str | Path, key_format: str, *, pretrained_model: str | None = None
 ) -> Path:
     """Write `source` (any readable slider file) to `target` (.safetensors) in `key_format`.
 
     The weights pass through unchanged (PEFT's folded `alpha / rank` aside), so the converted file
-    gives the same UNet output; the source's metadata is kept.
+    gives the same UNet output; the source's metadata is kept. The input and the output path are
+    checked before anything is built.
     """
     check_key_format(key_format, "--to")
     source, target = Path(source), Path(target)
@@ -99,12 +164,22 @@ def convert_slider(
         raise InputError(f"output '{target}' must end in .safetensors; converted sliders are never pickled")
     if target.resolve() == source.resolve():
         raise InputError(f"output '{target}' is the input file; give another output path")
-    _, metadata = read_slider_file(source)
+    _, metadata = read_checked_slider(source)
+    check_output_file(target, "give another output path")
     network = load_slider(source, meta_unet(unet_config_for(metadata, pretrained_model)), attach=False)
     metadata_out = {"ss_output_name": target.stem}
     if "sliders_version" not in metadata:
         metadata_out["sliders_converted_from"] = source.name
     return network.save(target, metadata_out, key_format=key_format)
+
+
+# What `sliders-convert` says of each key format it writes.
+KEY_FORMAT_NOTES = {
+    "kohya": "loads completely in diffusers, ComfyUI, Forge and AUTOMATIC1111",
+    "diffusers": "loads completely in diffusers, ComfyUI and Forge; AUTOMATIC1111 drops SDXL's first upsampler",
+    "peft": "for diffusers/PEFT only: ComfyUI and Forge drop its attention layers and AUTOMATIC1111 loads none of "
+            "it; convert to kohya (--to kohya) for those",
+}
 
 
 # ---------------------------------------------------------------- recommended settings
@@ -116,13 +191,13 @@ def recommended(metadata: Mapping[str, str], start_noise: float | None, scale: f
     The recorded scale is the largest of `sliders_scales` (the strongest "more of the concept").
     """
     if start_noise is None:
-        text = metadata.get("sliders_start_noise", str(DEFAULT_START_NOISE))
+        text = metadata.get("sliders_start_noise", str((family_of_slider(metadata) or SDXL).defaults.start_noise))
         try:
             start_noise = float(text)
         except ValueError:
             raise InputError(f"the slider's sliders_start_noise {text!r} is not a number; pass --start_noise") from None
-    if not math.isfinite(start_noise) or not 0 <= start_noise <= MAX_TIMESTEP:
-        raise InputError(f"--start_noise must be from 0 to {MAX_TIMESTEP}, got {start_noise!r}")
+    if not math.isfinite(start_noise) or not 0 <= start_noise <= MAX_TIMESTEPS:
+        raise InputError(f"--start_noise must be from 0 to {MAX_TIMESTEPS}, got {start_noise!r}")
     if scale is None:
         try:
             scales = [float(s) for s in json.loads(metadata.get("sliders_scales", "null") or "null") or DEFAULT_SCALES]
@@ -134,22 +209,241 @@ def recommended(metadata: Mapping[str, str], start_noise: float | None, scale: f
     return float(start_noise), float(scale)
 
 
-def start_percent(start_noise: float) -> float:
-    """ComfyUI's sampling fraction at which the timestep falls to `start_noise` (0 = first step).
+def resolution_for(metadata: Mapping[str, str], path: Path, resolution: int | None) -> int:
+    """The image size of a workflow or snippet: `resolution`, else the slider's training resolution, else
+    `sliders-sample`'s default."""
+    from .sampling import DEFAULT_RESOLUTION, _check_multiple, _metadata_resolution
 
-    ComfyUI maps a percent p to the sigma of timestep (1 - p) * 999, so p = 1 - start_noise / 1000.
-    """
-    return round(1.0 - start_noise / MAX_TIMESTEP, 4)
+    if resolution is None:
+        recorded = _metadata_resolution(dict(metadata), path)
+        family = family_of_slider(metadata)
+        default = DEFAULT_RESOLUTION if family is None else family.defaults.sample_resolution
+        resolution = default if recorded is None else recorded
+    _check_multiple(resolution, 8, "--resolution")
+    return resolution
 
 
-def first_on_step(steps: int, start_noise: float) -> int:
-    """The 0-based step from which the slider is on, of `steps` evenly spread over 1000 timesteps."""
+def check_steps(steps: Any) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"--steps must be a whole number of at least 1, got {steps!r}")
-    return min(steps, int(math.floor(steps * (1.0 - start_noise / MAX_TIMESTEP) + 0.5)))
+    return steps
+
+
+# ---------------------------------------------------------------- SDXL's timesteps in the UIs
+
+# SDXL's discrete noise schedule as ComfyUI, Forge and AUTOMATIC1111 build it: betas
+# linspace(sqrt(0.00085), sqrt(0.012), 1000) ** 2 in float64 (SDXL's "scaled_linear"), sigma_t =
+# sqrt((1 - alphabar_t) / alphabar_t), kept in float32 (ComfyUI comfy/model_sampling.py
+# ModelSamplingDiscrete; Forge backend/modules/k_prediction.py Prediction).
+SDXL_BETA_START, SDXL_BETA_END = 0.00085, 0.012
+
+
+def sdxl_log_sigmas() -> torch.Tensor:
+    """log sigma_t of SDXL's 1000 timesteps, float32, t = 0 first."""
+    betas = torch.linspace(SDXL_BETA_START ** 0.5, SDXL_BETA_END ** 0.5, MAX_TIMESTEPS, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return (((1 - alphas_cumprod) / alphas_cumprod) ** 0.5).log().float()
+
+
+def karras_sigmas(steps: int, rho: float = 7.0) -> torch.Tensor:
+    """k-diffusion's `get_sigmas_karras` between the model's smallest and largest sigma, with the final 0:
+    the "Karras" schedule type of AUTOMATIC1111 and Forge (`sd_samplers_kdiffusion.get_sigmas`)."""
+    sigmas = sdxl_log_sigmas().exp()
+    low, high = float(sigmas[0]) ** (1 / rho), float(sigmas[-1]) ** (1 / rho)
+    ramp = torch.linspace(0, 1, steps)
+    return torch.cat([(high + ramp * (low - high)) ** rho, torch.zeros(1)])
+
+
+def timestep_nearest(sigma: float) -> float:
+    """The timestep whose sigma is nearest in log: what Forge and ComfyUI give the UNet (`timestep(sigma)`)."""
+    distances = (torch.tensor(float(sigma)).log() - sdxl_log_sigmas()).abs()
+    return float(distances.argmin())
+
+
+def timestep_interpolated(sigma: float) -> float:
+    """The fractional timestep between the two nearest in log sigma: what AUTOMATIC1111 gives the UNet
+    (k-diffusion `DiscreteSchedule.sigma_to_t` without quantization, the webui's default)."""
+    log_sigmas = sdxl_log_sigmas()
+    log_sigma = math.log(float(sigma))
+    low = min(int((log_sigma - log_sigmas >= 0).cumsum(0).argmax()), len(log_sigmas) - 2)
+    w = (float(log_sigmas[low]) - log_sigma) / (float(log_sigmas[low]) - float(log_sigmas[low + 1]))
+    w = min(max(w, 0.0), 1.0)
+    return (1 - w) * low + w * (low + 1)
+
+
+@dataclass(frozen=True)
+class Webui:
+    """A webui's default SDXL sampling, which the exported step numbers are computed for."""
+
+    name: str
+    sampler: str
+    scheduler: str
+    sigmas: Callable[[int], torch.Tensor]
+    timestep: Callable[[float], float]
+
+
+WEBUIS = {
+    # AUTOMATIC1111 1.10's txt2img default: "DPM++ 2M" with schedule type "Automatic", which is Karras
+    # for that sampler (modules/sd_samplers_kdiffusion.py).
+    "a1111": Webui("AUTOMATIC1111", "DPM++ 2M", "Automatic (Karras)", karras_sigmas, timestep_interpolated),
+    # Forge's SDXL ("xl") UI defaults: "DPM++ 2M SDE" with schedule type "Karras"
+    # (modules/processing_scripts/sampler.py).
+    "forge": Webui("Forge", "DPM++ 2M SDE", "Karras", karras_sigmas, timestep_nearest),
+}
+
+
+def webui_first_on_step(webui: Webui, steps: int, start_noise: float) -> int:
+    """The first sampler step (0-based) whose timestep is at or below `start_noise`; `steps` if none is.
+
+    These samplers call the model once per step, at the step's sigma."""
+    sigmas = webui.sigmas(check_steps(steps))
+    for step in range(steps):
+        if webui.timestep(float(sigmas[step])) <= start_noise:
+            return step
+    return steps
+
+
+def extension_counter(step: int) -> int:
+    """The step number the extensions read during the model call of sampler step `step` (0-based).
+
+    Both webuis set `shared.state.sampling_step = i` in the sampler's callback, which k-diffusion
+    calls after step i's model call, and 0 when sampling starts (`sd_samplers_common.Sampler`): during
+    step i the counter still holds i - 1, and 0 for the first two steps. loractl reads it when the
+    LoRA weights are applied; LoRA Block Weight in its `on_cfg_denoiser` callback, before the model call.
+    """
+    return max(step - 1, 0)
+
+
+def loractl_schedule(scale: float, first: int, steps: int) -> tuple[str, int]:
+    """(sd-webui-loractl weight list, the step it switches on at) for the slider on from step `first`.
+
+    loractl interpolates `weight@position` points at the counter; positions above 1 are counter
+    values (`lib/utils.calculate_weight`). Steps 0 and 1 read the same counter, so a switch at step 1
+    comes at step 2.
+    """
+    weight = _number(scale)
+    if first == 0:
+        return weight, 0
+    if first >= steps:
+        return "0", steps
+    first = max(first, 2)
+    on = first - 1  # the counter during step `first`
+    points = [(0.0, 0)] + ([(0.0, on - 1)] if on - 1 > 0 else []) + [(scale, on)]
+    if on <= 1:
+        points.append((scale, steps))  # a last position above 1 makes loractl read them as counter values
+    return ",".join(f"{_number(w)}@{s}" for w, s in points), first
+
+
+def lbw_start_a1111(first: int) -> tuple[int | None, int]:
+    """(LoRA Block Weight's `start=` in AUTOMATIC1111 or None, the step it switches on at).
+
+    There it sets the LoRA's strength once the counter exceeds start - 2 (`denoiser_callback`)."""
+    if first == 0:
+        return None, 0
+    start = max(first, 2)
+    return start, start
+
+
+def lbw_start_forge(first: int) -> tuple[int, int]:
+    """(LoRA Block Weight's `start=` in Forge, the step it switches on at).
+
+    There it holds the LoRA at 0 unless start is 0, and sets its strength when the counter equals start."""
+    if first == 0:
+        return 0, 0
+    start = max(first, 2) - 1
+    return start, start + 1
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def a1111_prompts(lora_name: str, scale: float, start_noise: float, steps: int) -> dict[str, Any]:
+    """Prompt syntax that holds the slider at 0 while the timestep is above `start_noise`, at `scale` after.
+
+    Keys: `loractl` (AUTOMATIC1111), `lbw` (LoRA Block Weight in AUTOMATIC1111), `lbw_forge`, and for
+    each, under `<key>_first_on`, the 0-based sampler step the syntax switches on at; `first_on` and
+    `forge_first_on` are the steps the rule asks for on each webui's default sampler.
+    """
+    first = webui_first_on_step(WEBUIS["a1111"], steps, start_noise)
+    forge_first = webui_first_on_step(WEBUIS["forge"], steps, start_noise)
+    weight = _number(scale)
+    schedule, loractl_on = loractl_schedule(scale, first, steps)
+    start, lbw_on = lbw_start_a1111(first)
+    forge_start, forge_on = lbw_start_forge(forge_first)
+    return {
+        "loractl": f"<lora:{lora_name}:{schedule}>",
+        "lbw": f"<lora:{lora_name}:{weight}:lbw=ALL" + (f":start={start}>" if start is not None else ">"),
+        "lbw_forge": f"<lora:{lora_name}:{weight}:lbw=ALL:start={forge_start}>",
+        "first_on": first,
+        "forge_first_on": forge_first,
+        "loractl_first_on": min(loractl_on, steps),
+        "lbw_first_on": min(lbw_on, steps),
+        "lbw_forge_first_on": min(forge_on, steps),
+    }
+
+
+def _when(first: int, steps: int) -> str:
+    """'off for steps 1-9, on from step 10' (counted from 1, as the webuis show steps)."""
+    if first >= steps:
+        return f"off for all {steps} steps"
+    if first == 0:
+        return "on from step 1"
+    return f"off for steps 1-{first}, on from step {first + 1}"
+
+
+def a1111_text(lora_name: str, scale: float, start_noise: float, steps: int) -> str:
+    syntax = a1111_prompts(lora_name, scale, start_noise, steps)
+    a1111, forge = WEBUIS["a1111"], WEBUIS["forge"]
+    lines = [
+        f"# slider '{lora_name}' at scale {scale:g}, off while the timestep is above {start_noise:g}.",
+        f"# Computed for {steps} sampling steps, SDXL, and each webui's default sampler (another sampler, schedule",
+        "# type or step count switches at another step: export again with --steps N):",
+        f"#   AUTOMATIC1111: sampler {a1111.sampler}, schedule type {a1111.scheduler}: "
+        f"{_when(syntax['first_on'], steps)}.",
+        f"#   Forge: sampler {forge.sampler}, schedule type {forge.scheduler}: {_when(syntax['forge_first_on'], steps)}.",
+        "# The extensions read webui's step counter, which during a step still holds the previous step's",
+        "# number (0 for the first two steps); the numbers below allow for that.",
+    ]
+    if steps > 1 and 1 in (syntax["first_on"], syntax["forge_first_on"]):
+        lines.append("# That counter cannot tell step 1 from step 2, so the slider comes on at step 3 here.")
+    lines += [
+        "# Put the slider file in models/Lora; add one of these to the prompt.",
+        "# sd-webui-loractl (https://github.com/cheald/sd-webui-loractl), AUTOMATIC1111:",
+        syntax["loractl"],
+        "# LoRA Block Weight (https://github.com/hako-mikan/sd-webui-lora-block-weight), its Active box ticked,",
+        "# in AUTOMATIC1111:",
+        syntax["lbw"],
+        "# and in Forge:",
+        syntax["lbw_forge"],
+        "# Without an extension, <lora:name:w> applies the slider at every step (no start_noise switch):",
+        f"<lora:{lora_name}:{_number(scale)}>",
+    ]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- ComfyUI
+
+# The ComfyUI source the node names, inputs and ranges below were read from (tests/data/comfyui_nodes.json).
+COMFYUI_SOURCE = "Comfy-Org/ComfyUI a125cd84 (2025-10-12, v0.3.64)"
+COMFYUI_STRENGTH_RANGE = (-20.0, 20.0)  # CreateHookLoraModelOnly's strength_model
+
+
+def comfyui_start_percent(start_noise: float) -> float:
+    """The hook keyframe `start_percent` from which ComfyUI runs a step with the slider on exactly when
+    its timestep is at or below `start_noise`.
+
+    ComfyUI gives the UNet the timestep nearest in log sigma (`ModelSamplingDiscrete.timestep`), so a
+    step's timestep is at or below N = floor(start_noise) when its sigma is at or below the log-midpoint
+    of sigma_N and sigma_N+1. A keyframe is current from the first step whose sigma is at or below
+    `percent_to_sigma(p)`, the sigma of timestep (1 - p) * 999 interpolated in log sigma
+    (`HookKeyframeGroup.prepare_current_keyframe`); p = 1 - (N + 0.5) / 999 puts it on that midpoint,
+    whatever the scheduler. Not rounded: rounding moves the switch. From N = 999 on, every step is on.
+    """
+    timestep = math.floor(start_noise)
+    if timestep >= MAX_TIMESTEPS - 1:
+        return 0.0
+    return 1.0 - (timestep + 0.5) / (MAX_TIMESTEPS - 1)
 
 
 def comfyui_workflow(
@@ -166,21 +460,26 @@ def comfyui_workflow(
     width: int = 1024,
     height: int = 1024,
 ) -> dict[str, Any]:
-    """A ComfyUI workflow (API format) that applies the slider from `start_percent` on.
+    """A ComfyUI workflow (API format) that applies the slider from `comfyui_start_percent` on.
 
     The slider is a model-only hook LoRA (`CreateHookLoraModelOnly`, strength = scale) scheduled by
-    two `CreateHookKeyframe`s (strength_mult 0 from 0, 1 from `start_percent`) through
+    two `CreateHookKeyframe`s (strength_mult 0 from 0, 1 from the start percent) through
     `SetHookKeyframes`, and attached to both the positive and the negative conditioning with
-    `PairConditioningSetProperties`, so both classifier-free-guidance branches see it, as in our
-    sampling. Node and input names are those of ComfyUI's comfy_extras/nodes_hooks.py and nodes.py.
+    `PairConditioningSetProperties` (its `hooks` input), so both classifier-free-guidance branches see
+    it, as in our sampling. Inputs as `COMFYUI_SOURCE` declares them.
     """
-    percent = start_percent(start_noise)
+    low, high = COMFYUI_STRENGTH_RANGE
+    if not low <= scale <= high:
+        raise InputError(f"--scale {scale:g} is outside ComfyUI's hook LoRA strength range ({low:g} to {high:g})")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+        raise InputError(f"--seed must be a whole number from 0 to 2**64 - 1 for ComfyUI, got {seed!r}")
+    percent = comfyui_start_percent(start_noise)
 
     def node(class_type: str, title: str, **inputs: Any) -> dict[str, Any]:
         return {"class_type": class_type, "inputs": inputs, "_meta": {"title": title}}
 
     return {
-        "1": node("CheckpointLoaderSimple", "Load SDXL checkpoint", ckpt_name=checkpoint),
+        "1": node("CheckpointLoaderSimple", "Load the base checkpoint", ckpt_name=checkpoint),
         "2": node("CreateHookLoraModelOnly", "Slider (model-only hook LoRA)", lora_name=lora_name,
                   strength_model=scale),
         "3": node("CreateHookKeyframe", "Slider off above start_noise", strength_mult=0.0, start_percent=0.0),
@@ -190,61 +489,14 @@ def comfyui_workflow(
         "6": node("CLIPTextEncode", "Prompt", text=prompt, clip=["1", 1]),
         "7": node("CLIPTextEncode", "Negative prompt", text=negative_prompt, clip=["1", 1]),
         "8": node("PairConditioningSetProperties", "Slider on both CFG branches", positive_NEW=["6", 0],
-                  negative_NEW=["7", 0], strength=1.0, set_cond_area="default", opt_hooks=["5", 0]),
+                  negative_NEW=["7", 0], strength=1.0, set_cond_area="default", hooks=["5", 0]),
         "9": node("EmptyLatentImage", "Latent", width=width, height=height, batch_size=1),
-        "10": node("KSampler", "Sample", model=["1", 0], seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
-                   scheduler="normal", positive=["8", 0], negative=["8", 1], latent_image=["9", 0], denoise=1.0),
+        "10": node("KSampler", "Sample", model=["1", 0], seed=seed, steps=check_steps(steps), cfg=cfg,
+                   sampler_name="euler", scheduler="normal", positive=["8", 0], negative=["8", 1],
+                   latent_image=["9", 0], denoise=1.0),
         "11": node("VAEDecode", "Decode", samples=["10", 0], vae=["1", 2]),
         "12": node("SaveImage", "Save", images=["11", 0], filename_prefix=f"slider_{scale:+g}"),
     }
-
-
-# ---------------------------------------------------------------- AUTOMATIC1111 / Forge
-
-
-def _number(value: float) -> str:
-    return f"{value:g}"
-
-
-def a1111_prompts(lora_name: str, scale: float, start_noise: float, steps: int) -> dict[str, str]:
-    """Prompt syntax that holds the slider at 0 for the first steps and at `scale` after.
-
-    `loractl` (cheald/sd-webui-loractl): `weight@step` points, interpolated per step; steps above 1
-    are absolute step numbers (0-based), so the list ends above 1 even when the switch comes at
-    step 0 or 1. `lbw` (hako-mikan/sd-webui-lora-block-weight, its Active box ticked): `start=N`
-    turns the LoRA on from the N-th step, counted from 1 in AUTOMATIC1111.
-    """
-    first = first_on_step(steps, start_noise)
-    weight = _number(scale)
-    if first == 0:
-        schedule = weight
-    else:
-        points = [(0.0, 0)] + ([(0.0, first - 1)] if first - 1 > 0 else []) + [(scale, first)]
-        if points[-1][1] <= 1:
-            points.append((scale, max(steps, 2)))
-        schedule = ",".join(f"{_number(w)}@{s}" for w, s in points)
-    return {
-        "loractl": f"<lora:{lora_name}:{schedule}>",
-        "lbw": f"<lora:{lora_name}:{weight}:lbw=ALL:start={first + 1}>",
-        "first_on_step": str(first),
-    }
-
-
-def a1111_text(lora_name: str, scale: float, start_noise: float, steps: int) -> str:
-    syntax = a1111_prompts(lora_name, scale, start_noise, steps)
-    first = int(syntax["first_on_step"])
-    return "\n".join([
-        f"# slider '{lora_name}' at scale {scale:g}, off while the timestep is above {start_noise:g}:",
-        f"# with {steps} steps the slider is off for steps 1-{first} and on from step {first + 1} (counted from 1).",
-        "# Put the slider file in models/Lora; add one of these to the prompt.",
-        "# sd-webui-loractl (https://github.com/cheald/sd-webui-loractl):",
-        syntax["loractl"],
-        "# LoRA Block Weight (https://github.com/hako-mikan/sd-webui-lora-block-weight), its Active box ticked;",
-        "# Forge counts start= from 0, so there the slider comes on one step later:",
-        syntax["lbw"],
-        "# Without an extension, <lora:name:w> applies the slider at every step (no start_noise switch):",
-        f"<lora:{lora_name}:{_number(scale)}>",
-    ])
 
 
 # ---------------------------------------------------------------- diffusers
@@ -252,18 +504,29 @@ def a1111_text(lora_name: str, scale: float, start_noise: float, steps: int) -> 
 
 DIFFUSERS_SNIPPET = '''\
 # Concept slider with the start_noise switch, in plain diffusers (needs peft installed).
+# The same image as: sliders-sample --slider {slider_flag} --scales {scale:g} --prompt {prompt_flag} \\
+#     --seeds {seed} --steps {steps} --start_noise {start_noise:g} --guidance_scale {guidance_scale:g} \\
+#     --resolution {height}
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import {pipeline_class}
 
 MODEL = {model!r}
 SLIDER = {slider!r}
 SCALE = {scale!r}  # the slider's strength once it is on
 START_NOISE = {start_noise!r}  # the slider is off while the timestep is above this (of 1000)
+PROMPT = {prompt!r}
+SEED = {seed!r}
+STEPS = {steps!r}
+HEIGHT, WIDTH = {height!r}, {width!r}
 
-pipe = StableDiffusionXLPipeline.from_pretrained(MODEL, torch_dtype={dtype})
-pipe.to({device!r})
+# A GPU in bf16 where there is one (fp16 where bf16 is not supported), else the CPU in fp32.
+if torch.cuda.is_available():
+    device, dtype = "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+else:
+    device, dtype = "cpu", torch.float32
+
+pipe = {pipeline_class}.from_pretrained(MODEL, torch_dtype=dtype).to(device)
 pipe.load_lora_weights(SLIDER, adapter_name="slider")
-pipe.set_adapters(["slider"], adapter_weights=[0.0])  # off for the first, layout-making steps
 
 
 def switch_slider(pipe, step, timestep, callback_kwargs):
@@ -276,19 +539,26 @@ def switch_slider(pipe, step, timestep, callback_kwargs):
 
 
 # The first step's weight is set here, before sampling (the callback runs only after a step).
-pipe.scheduler.set_timesteps({steps}, device=pipe.device)
+pipe.scheduler.set_timesteps(STEPS, device=pipe.device)
 first_on = float(pipe.scheduler.timesteps[0]) <= START_NOISE
 pipe.set_adapters(["slider"], adapter_weights=[SCALE if first_on else 0.0])
+# The starting noise as sliders-sample draws it: N(0, 1) in float32 on the CPU from the seed, so
+# that a seed gives the same image on any device.
+factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+shape = (1, pipe.unet.config.in_channels, HEIGHT // factor, WIDTH // factor)
+latents = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(SEED), dtype=torch.float32)
 image = pipe(
-    {prompt!r},
-    num_inference_steps={steps},
+    PROMPT,
+    num_inference_steps=STEPS,
     guidance_scale={guidance_scale!r},
-    height={height},
-    width={width},
-    generator=torch.Generator("cpu").manual_seed(0),
+    height=HEIGHT,
+    width=WIDTH,
+    latents=latents.to(dtype),
+    generator=torch.Generator("cpu").manual_seed(SEED),
     callback_on_step_end=switch_slider,
 ).images[0]
 image.save({output!r})
+print("wrote", {output!r})
 '''
 
 
@@ -303,20 +573,27 @@ def diffusers_snippet(
     guidance_scale: float = 5.0,
     height: int = 1024,
     width: int = 1024,
+    seed: int = 0,
     output: str = "slider.png",
-    device: str = "cuda",
-    dtype: str = "torch.float16",
+    pipeline_class: str = "StableDiffusionXLPipeline",
 ) -> str:
     """A runnable Python snippet that samples with the slider switched on at `start_noise`.
 
     The weight follows the same rule as `sliders-sample`: a step runs with the slider on when its
-    timestep is at or below `start_noise`.
+    timestep is at or below `start_noise`. A built-in model name becomes its local folder; the
+    device and dtype are chosen where the snippet runs. Its starting noise is drawn as
+    `sampling.initial_latents` draws it, so it gives `sliders-sample`'s image.
     """
-    first_on_step(steps, start_noise)  # validates steps
+    from .models import resolve_model
+
+    model = resolve_model(model)
+    if Path(model).exists():  # a local folder or file: absolute, so that the snippet runs from anywhere
+        model = str(Path(model).resolve())
     return DIFFUSERS_SNIPPET.format(
-        model=model, slider=slider, scale=float(scale), start_noise=float(start_noise), steps=steps,
-        prompt=prompt, guidance_scale=float(guidance_scale), height=height, width=width, output=output,
-        device=device, dtype=dtype,
+        model=model, slider=slider, scale=float(scale), start_noise=float(start_noise),
+        steps=check_steps(steps), prompt=prompt, guidance_scale=float(guidance_scale), height=height, width=width,
+        seed=seed, output=output, slider_flag=shlex.quote(slider), prompt_flag=shlex.quote(prompt),
+        pipeline_class=pipeline_class,
     )
 
 
@@ -324,4 +601,3 @@ def check_ui(ui: str) -> str:
     if ui not in UIS:
         raise InputError(f"--ui {ui!r} is unknown; choose one of {', '.join(UIS)}")
     return ui
-

@@ -1,6 +1,7 @@
-"""SDXL plumbing: load a model, encode prompts, build added conditioning, predict noise, denoise.
+"""Model plumbing: load a model of any family, encode prompts, build conditioning, predict noise, denoise.
 
-This is the only module that calls `from_pretrained`/`from_single_file`. Every dimension (latent
+This is the only module that calls `from_pretrained`/`from_single_file`; which pipeline class and
+which text encoders a model has is its family's (`sliders.families`). Every dimension (latent
 channels, VAE factor, time-embedding sizes, projection dims) is read from the model's configs, so
 the built-in tiny model and real SDXL run through exactly the same code. No slider logic here.
 """
@@ -17,12 +18,12 @@ import torch
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
+    DiffusionPipeline,
     EulerAncestralDiscreteScheduler,
     LMSDiscreteScheduler,
-    StableDiffusionXLPipeline,
 )
 
-from .config import BUILTIN_MODEL, TINY_MODEL
+from .config import BUILTIN_MODEL, SHAPES_SD1_MODEL
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -64,46 +65,68 @@ def parse_device(value: str | int | None) -> torch.device:
 
 
 SHAPES_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shapes-sdxl"
+# The same world, model and recipe with SD 1.x's architecture (one text encoder, no added
+# conditioning), sharing the SDXL one's autoencoder.
+SHAPES_SD1_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shapes-sd1"
 
 
 def resolve_model(name_or_path: str) -> str:
     """Built-in model names become local folders; anything else is kept.
 
-    `builtin:shapes` is the shapes-world model shipped with the package; `builtin:tiny-sdxl` is a
-    random tiny model built on first use.
+    `builtin:shapes` is the shapes-world model shipped with the package (`builtin:shapes-sd1`: its
+    SD 1.x-architecture twin); `builtin:tiny-sdxl`,
+    `builtin:tiny-sdxl-vpred`, `builtin:tiny-sd1` and `builtin:tiny-sd2v` are random tiny models built on
+    first use (`sliders.tiny`).
     """
     if name_or_path == BUILTIN_MODEL:
         return str(SHAPES_MODEL_DIR)
-    if name_or_path == TINY_MODEL:
-        from .tiny import ensure_tiny_model
+    if name_or_path == SHAPES_SD1_MODEL:
+        return str(SHAPES_SD1_MODEL_DIR)
+    if name_or_path.startswith("builtin:"):
+        from .tiny import TINY_BUILDERS, ensure_tiny_model
 
-        return str(ensure_tiny_model())
+        kind = name_or_path[len("builtin:"):]
+        if kind in TINY_BUILDERS:
+            return str(ensure_tiny_model(kind=kind))
+        names = ", ".join([BUILTIN_MODEL, SHAPES_SD1_MODEL] + [f"builtin:{k}" for k in TINY_BUILDERS])
+        raise InputError(f"base model '{name_or_path}' is not a built-in model; built-in ones are {names}")
     return name_or_path
 
 
 def load_pipeline(
-    name_or_path: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
-) -> StableDiffusionXLPipeline:
-    """An SDXL pipeline from a diffusers folder, a hub id, or one `.safetensors`/`.ckpt` file."""
+    name_or_path: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", *,
+    family: str | None = None, v2: bool = False,
+):
+    """A pipeline from a diffusers folder, a hub id, or one `.safetensors`/`.ckpt` file, of the family
+    `family` names, else the one its files show (`sliders.families.family_of_source`; the official `v2`
+    flag means SD 2.x). A model of no supported family is one line."""
+    from .families import family_named, family_of_pipe, family_of_source
+
     source = resolve_model(name_or_path)
     path = Path(source).expanduser()
     looks_local = path.suffix.lower() in SINGLE_FILE_SUFFIXES or source.startswith((".", "/", "~")) or path.exists()
     if looks_local and not path.exists():
         raise InputError(f"base model '{source}' does not exist; give a diffusers folder, a .safetensors file or a hub id")
+    if path.is_file() and path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise InputError(f"base model file '{source}' must be .safetensors or .ckpt")
+    if path.is_dir() and not (path / "model_index.json").is_file():
+        raise InputError(f"base model folder '{source}' has no model_index.json; give a diffusers folder")
+    known = family_of_source(source, family=family, v2=v2)
+    if known is None and path.is_file():
+        from .families import SDXL
+
+        known = SDXL  # a pickled single file is not opened before loading: SDXL, our target, unless told
+    pipeline_class = known.pipeline_type() if known is not None else DiffusionPipeline
     try:
         if path.is_file():
-            if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-                raise InputError(f"base model file '{source}' must be .safetensors or .ckpt")
-            pipe = StableDiffusionXLPipeline.from_single_file(str(path), dtype=dtype)
-        elif path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise InputError(f"base model folder '{source}' has no model_index.json; give a diffusers SDXL folder")
-            pipe = StableDiffusionXLPipeline.from_pretrained(str(path), dtype=dtype)
+            pipe = pipeline_class.from_single_file(str(path), dtype=dtype)
         else:
-            pipe = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype)
+            pipe = pipeline_class.from_pretrained(str(path) if path.is_dir() else source, dtype=dtype)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"could not load base model '{source}': {first}; check the name, path or network") from None
+    if known is None:
+        family_of_pipe(pipe)  # a hub model of an unsupported kind is refused here
     return pipe.to(device)
 
 
@@ -112,24 +135,32 @@ def vae_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def _cat(parts: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if parts[0] is None else torch.cat(parts)
+
+
 @dataclass
 class Conditioning:
-    """What the SDXL UNet is conditioned on, batched on the first axis."""
+    """What the UNet is conditioned on, batched on the first axis. `pooled` and `time_ids` are SDXL's
+    added conditioning; families without it (SD 1.x/2.x) leave them None."""
 
-    embeds: torch.Tensor  # (B, L, D1 + D2): both encoders' penultimate states, concatenated
-    pooled: torch.Tensor  # (B, P): encoder 2's projected pooled output
-    time_ids: torch.Tensor  # (B, 6): original size, crop top-left, target size
+    embeds: torch.Tensor  # (B, L, D): SDXL: both encoders' penultimate states, concatenated (D1 + D2)
+    pooled: torch.Tensor | None = None  # (B, P): SDXL encoder 2's projected pooled output
+    time_ids: torch.Tensor | None = None  # (B, 6): original size, crop top-left, target size
 
     @staticmethod
     def cat(items: Sequence["Conditioning"]) -> "Conditioning":
         return Conditioning(
             torch.cat([c.embeds for c in items]),
-            torch.cat([c.pooled for c in items]),
-            torch.cat([c.time_ids for c in items]),
+            _cat([c.pooled for c in items]),
+            _cat([c.time_ids for c in items]),
         )
 
     def to(self, device: torch.device, dtype: torch.dtype) -> "Conditioning":
-        return Conditioning(self.embeds.to(device, dtype), self.pooled.to(device, dtype), self.time_ids.to(device, dtype))
+        def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device, dtype)
+
+        return Conditioning(self.embeds.to(device, dtype), move(self.pooled), move(self.time_ids))
 
 
 @torch.no_grad()
@@ -170,16 +201,21 @@ def time_ids(height: int, width: int, crop: tuple[int, int] = (0, 0), original: 
 
 
 def conditioning(
-    embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]], prompt: str, ids: torch.Tensor
+    embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]], prompt: str, ids: torch.Tensor | None,
+    batch: int | None = None,
 ) -> Conditioning:
-    """Conditioning for one prompt repeated over the batch of time ids `ids` (B, 6)."""
+    """Conditioning for one prompt repeated over the batch of time ids `ids` (B, 6), or over `batch`
+    for a family without time ids (`ids` None)."""
     embeds, pooled = embeddings[prompt]
-    batch = ids.shape[0]
+    batch = ids.shape[0] if ids is not None else batch
+    if pooled is None:
+        return Conditioning(embeds.expand(batch, *embeds.shape))
     return Conditioning(embeds.expand(batch, *embeds.shape), pooled.expand(batch, *pooled.shape), ids)
 
 
-def make_scheduler(name: str, v_pred: bool = False):
-    """The training noise scheduler: SD's betas (0.00085..0.012, scaled_linear), 1000 steps."""
+def make_scheduler(name: str, v_pred: bool = False, zero_snr: bool = False):
+    """The training noise scheduler: SD's betas (0.00085..0.012, scaled_linear), 1000 steps; `zero_snr`
+    rescales them to zero terminal SNR (Lin et al. 2024), as v-prediction fine-tunes trained so need."""
     kwargs = dict(
         beta_start=0.00085,
         beta_end=0.012,
@@ -187,15 +223,28 @@ def make_scheduler(name: str, v_pred: bool = False):
         num_train_timesteps=1000,
         prediction_type="v_prediction" if v_pred else "epsilon",
     )
+    if zero_snr:
+        kwargs["rescale_betas_zero_snr"] = True
     if name == "ddim":
         return DDIMScheduler(clip_sample=False, **kwargs)
     if name == "ddpm":
         return DDPMScheduler(clip_sample=False, **kwargs)
     if name == "lms":
+        if zero_snr:
+            raise InputError("this model uses zero-terminal-SNR betas, which the lms scheduler lacks; "
+                             "set train.noise_scheduler to ddim, ddpm or euler_a")
         return LMSDiscreteScheduler(**kwargs)
     if name == "euler_a":
         return EulerAncestralDiscreteScheduler(**kwargs)
     raise InputError(f"noise scheduler {name!r} is unknown; choose ddim, ddpm, lms or euler_a")
+
+
+def prediction_of(model_scheduler, v_pred: bool = False) -> tuple[bool, bool]:
+    """(v-prediction, zero terminal SNR) of a model, from its own scheduler config; the official
+    `v_pred` flag forces v-prediction (for single files that do not say)."""
+    config = model_scheduler.config
+    v = bool(v_pred) or config.get("prediction_type") == "v_prediction"
+    return v, bool(config.get("rescale_betas_zero_snr", False))
 
 
 def model_input(scheduler, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -211,12 +260,8 @@ def predict_noise(unet, latents: torch.Tensor, timestep: torch.Tensor, cond: Con
     """The UNet's prediction, in the UNet's dtype; latents (B, C, h, w) and cond are batched alike."""
     dtype = unet.dtype
     cond = cond.to(latents.device, dtype)
-    return unet(
-        latents.to(dtype),
-        timestep,
-        encoder_hidden_states=cond.embeds,
-        added_cond_kwargs={"text_embeds": cond.pooled, "time_ids": cond.time_ids},
-    ).sample
+    added = None if cond.pooled is None else {"text_embeds": cond.pooled, "time_ids": cond.time_ids}
+    return unet(latents.to(dtype), timestep, encoder_hidden_states=cond.embeds, added_cond_kwargs=added).sample
 
 
 def guided_noise(unet, inputs: torch.Tensor, timestep: torch.Tensor, both: Conditioning, guidance_scale: float) -> torch.Tensor:
@@ -348,3 +393,40 @@ def training_timestep(scheduler, step: int, total_steps: int, device: torch.devi
     """The timestep at which step `step` of `total_steps` is trained: entry int(step*1000/total) of the 1000-step schedule."""
     scheduler.set_timesteps(scheduler.config.num_train_timesteps, device=device)
     return scheduler.timesteps[int(step * scheduler.config.num_train_timesteps / total_steps)]
+
+
+# --------------------------------------------------------------------------------------------------
+# A base model's UNet layout, known before (and without) its weights
+# --------------------------------------------------------------------------------------------------
+
+
+def missing_model(name_or_path: str) -> str | None:
+    """The path a base model names when it is a local path that does not exist (moved or deleted), else None.
+
+    A name is a local path, not a hub id, when it ends in `.safetensors`/`.ckpt`, starts with `.`, `/`
+    or `~`, or exists: the rule `load_pipeline` applies.
+    """
+    source = resolve_model(name_or_path)
+    path = Path(source).expanduser()
+    local = path.suffix.lower() in SINGLE_FILE_SUFFIXES or source.startswith((".", "/", "~")) or path.exists()
+    return source if local and not path.exists() else None
+
+
+def read_unet_config(name_or_path: str) -> dict | None:
+    """The UNet config of a base model, without its weights: `unet/config.json` of a diffusers folder
+    (the built-in models too) or of a hub id (the local cache, else the hub: one small file).
+
+    None where a config cannot be had that way: a single-file checkpoint (weights only), a hub id out
+    of reach, a folder without a readable UNet config. Loading that model then says what is wrong.
+    """
+    from diffusers import UNet2DConditionModel
+
+    source = resolve_model(name_or_path)
+    path = Path(source).expanduser()
+    if path.is_file():
+        return None
+    try:
+        return dict(UNet2DConditionModel.load_config(str(path) if path.is_dir() else source, subfolder="unet"))
+    except (OSError, ValueError) as error:
+        logger.debug("no UNet config for %s before loading it: %s", source, error)
+        return None

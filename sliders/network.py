@@ -29,7 +29,8 @@ from torch.nn import functional as F
 from . import __version__
 from .config import NETWORK_TYPES, TRAINING_METHODS
 from .errors import InputError
-from .files import atomic_path
+from .families import detect_family
+from .files import atomic_tensor_path
 from .formats import (
     DEFAULT_KEY_FORMAT,
     NAMING_LABELS,
@@ -351,7 +352,10 @@ class SliderNetwork(nn.Module):
         diffusers/PEFT convention (scale 1 without alphas) then applies.
         """
         check_key_format(key_format)
-        name_map = NameMap(unet_config(self._unet_ref[0]))
+        config = unet_config(self._unet_ref[0])
+        name_map = NameMap(config)
+        if key_format == "kohya" and not detect_family(config).kohya_ldm_names:
+            key_format = "diffusers"  # kohya names SD 1.x/2.x layers by their diffusers paths
         tensors = {}
         for key, module in self.loras.items():
             down_key, up_key, alpha_key = key_names(key[len(PREFIX) + 1 :], key_format, name_map, self._dotted[key])
@@ -402,11 +406,12 @@ class SliderNetwork(nn.Module):
             # What this file is, whatever the file it was loaded from said.
             "sliders_key_format": key_format,
             "sliders_unet_config": json.dumps(unet_config(self._unet_ref[0]), default=str),
+            "sliders_family": detect_family(unet_config(self._unet_ref[0])).name,
         }
         meta.pop("lora_adapter_metadata", None)  # a source file's PEFT alphas are in the tensors now
         meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as temporary:
+        with atomic_tensor_path(path) as temporary:
             save_file(self.state_dict_for(key_format, DTYPES[precision]), temporary, metadata=meta)
         return path
 
@@ -464,16 +469,22 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in data.items()}
 
 
-def load_slider(path: str | Path, unet: nn.Module, *, attach: bool = True) -> SliderNetwork:
+def load_slider(
+    path: str | Path, unet: nn.Module, *, attach: bool = True, base: str = "this base model",
+    fix: str = "load it with the base model it was trained on",
+    contents: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None,
+) -> SliderNetwork:
     """Rebuild a slider from its file (keys, weight shapes, metadata) onto `unet`; never from the file name.
 
     Every key naming (`sliders.formats`) is read. Every layer must be a Linear or Conv2d of this
     UNet with matching shapes; otherwise the slider was made for another base model, and the error
-    says which naming the file has and which layer does not fit. Text-encoder layers are left out
-    with a warning.
+    says which naming the file has, which layer does not fit, the model (`base`) and the `fix`.
+    Text-encoder layers are left out with a warning. `contents` is what `read_slider_file` gave for
+    `path`, when the caller has read it already. On a UNet of the meta device (layer names and shapes,
+    no weights) this checks that the slider fits without loading the model.
     """
     path = Path(path)
-    tensors, metadata = read_slider_file(path)
+    tensors, metadata = contents if contents is not None else read_slider_file(path)
     parsed = parse_tensors(tensors, metadata, unet_config(unet), f"slider file '{path}'")
     if not parsed.layers:
         extra = f" (only {parsed.text_encoder_layers} text-encoder layers)" if parsed.text_encoder_layers else ""
@@ -488,8 +499,7 @@ def load_slider(path: str | Path, unet: nn.Module, *, attach: bool = True) -> Sl
         naming = NAMING_LABELS[parts.naming]
         if name not in layers:
             raise InputError(
-                f"slider file '{path}' ({naming}) adapts layer '{parts.key}', which this base model lacks; "
-                "load it with the base model it was trained on"
+                f"slider file '{path}' ({naming}) adapts layer '{parts.key}', which {base} lacks; {fix}"
             )
         if parts.down is None or parts.up is None:
             raise InputError(
@@ -520,8 +530,8 @@ def load_slider(path: str | Path, unet: nn.Module, *, attach: bool = True) -> Sl
         if parts.down.shape != down.shape or parts.up.shape != up.shape:
             raise InputError(
                 f"slider file '{path}' ({NAMING_LABELS[parts.naming]}) layer '{parts.key}' has weights of shape "
-                f"{tuple(parts.down.shape)}/{tuple(parts.up.shape)} where this base "
-                f"model needs {tuple(down.shape)}/{tuple(up.shape)}; load it with the base model it was trained on"
+                f"{tuple(parts.down.shape)}/{tuple(parts.up.shape)} where {base} needs "
+                f"{tuple(down.shape)}/{tuple(up.shape)}; {fix}"
             )
         with torch.no_grad():
             down.copy_(parts.down)

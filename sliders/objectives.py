@@ -17,6 +17,7 @@ import torch
 
 from .data import LatentSource, PairedFolders
 from .errors import InputError
+from .families import SDXL, Family
 from .models import (
     Conditioning,
     conditioning,
@@ -25,7 +26,6 @@ from .models import (
     jump_plan,
     model_input,
     predict_noise,
-    time_ids,
     training_timestep,
 )
 from .network import SliderNetwork
@@ -102,16 +102,20 @@ def draw_size(entry: PromptEntry, rng: random.Random) -> tuple[int, int]:
     return rng.choice(choices), rng.choice(choices)
 
 
-def draw_time_ids(entry: PromptEntry, height: int, width: int, rng: random.Random) -> torch.Tensor:
-    """(B, 6) add_time_ids; `dynamic_crops` draws an original size up to twice the target and a crop in it."""
+def draw_time_ids(entry: PromptEntry, height: int, width: int, rng: random.Random, family: Family = SDXL
+                  ) -> torch.Tensor | None:
+    """(B, 6) add_time_ids; `dynamic_crops` draws an original size up to twice the target and a crop in it.
+    None for a family without added time ids (nothing is drawn)."""
+    if family.time_ids(height, width) is None:
+        return None
     rows = []
     for _ in range(entry.batch_size):
         if entry.dynamic_crops:
             original = (rng.randint(height, 2 * height), rng.randint(width, 2 * width))
             crop = (rng.randint(0, original[0] - height), rng.randint(0, original[1] - width))
-            rows.append(time_ids(height, width, crop, original))
+            rows.append(family.time_ids(height, width, crop, original))
         else:
-            rows.append(time_ids(height, width))
+            rows.append(family.time_ids(height, width))
     return torch.stack(rows)
 
 
@@ -154,6 +158,7 @@ class TextObjective:
         xk_spacing: str = "late",
         trajectory_reuse: int = 1,
         compile_unet: bool = False,
+        family: Family = SDXL,
     ):
         if max_denoising_steps < 2:
             raise InputError("train.max_denoising_steps must be at least 2 for text sliders")
@@ -175,6 +180,7 @@ class TextObjective:
         self.xk_max_steps = xk_max_steps
         self.xk_spacing = xk_spacing
         self.trajectory_reuse = trajectory_reuse
+        self.family = family
         self.stats = None  # a RunStats, when the trainer times phases
         self._queue: list[_StartPoint] = []
         self._steps = 0
@@ -191,8 +197,8 @@ class TextObjective:
         entry = rng.choice(self.entries)
         ks = [draw_step(rng, self.total_steps) for _ in range(self.trajectory_reuse)]
         height, width = draw_size(entry, rng)
-        ids = draw_time_ids(entry, height, width, rng)
-        cond = {role: conditioning(self.embeddings, text, ids) for role, text in zip(
+        ids = draw_time_ids(entry, height, width, rng, self.family)
+        cond = {role: conditioning(self.embeddings, text, ids, entry.batch_size) for role, text in zip(
             ("target", "positive", "unconditional", "neutral"), entry.roles())}
         shape = (entry.batch_size, self.channels, height // self.factor, width // self.factor)
         noise = torch.randn(shape, generator=generator).to(self.device)  # (B, C, H/f, W/f)
@@ -256,7 +262,7 @@ class TextObjective:
         for point in state["queue"]:
             entry = self.entries[point["entry"]]
             ids = point["time_ids"]
-            cond = {role: conditioning(self.embeddings, text, ids) for role, text in zip(
+            cond = {role: conditioning(self.embeddings, text, ids, entry.batch_size) for role, text in zip(
                 ("target", "positive", "unconditional", "neutral"), entry.roles())}
             self._queue.append(_StartPoint(entry, int(point["k"]), cond, point["latents"].to(self.device), int(point["made_at"])))
 
@@ -292,6 +298,7 @@ class ImageObjective:
         max_denoising_steps: int,
         device: torch.device,
         folders_per_step: int | None = None,
+        family: Family = SDXL,
     ):
         if max_denoising_steps < 2:
             raise InputError("train.max_denoising_steps must be at least 2 for image sliders")
@@ -307,6 +314,7 @@ class ImageObjective:
         self.device = device
         self.folders_per_step = folders_per_step
         self.v_pred = v_pred
+        self.family = family
 
     def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
         chosen = choose_folders(self.pairs.scales, rng, self.folders_per_step)
@@ -342,9 +350,10 @@ class ImageObjective:
     def _conditioning(self, stems: Sequence[int], prompt: str) -> Conditioning:
         """`prompt` for every batch element, after the caption of its stem when there are captions."""
         resolution = self.entry.resolution
-        ids = time_ids(resolution, resolution).expand(1, -1)  # (1, 6)
+        ids = self.family.time_ids(resolution, resolution)
+        ids = None if ids is None else ids.expand(1, -1)  # (1, 6)
         if self.pairs.captions is None:
-            return conditioning(self.embeddings, prompt, ids.expand(len(stems), -1))
+            return conditioning(self.embeddings, prompt, None if ids is None else ids.expand(len(stems), -1), len(stems))
         return Conditioning.cat(
-            [conditioning(self.embeddings, pair_prompt(self.pairs.captions[j], prompt), ids) for j in stems]
+            [conditioning(self.embeddings, pair_prompt(self.pairs.captions[j], prompt), ids, 1) for j in stems]
         )

@@ -23,6 +23,7 @@ import torch
 from .config import SampleConfig
 from .distributed import SINGLE, Processes
 from .errors import InputError
+from .families import family_of_pipe
 from .grids import make_grid
 from .models import vae_factor
 from .network import SliderNetwork
@@ -45,19 +46,12 @@ def encode_preview_prompts(pipe, prompts: Sequence[str], device: torch.device, c
     """{prompt: the pipeline's embedding arguments}, computed by the pipeline's own `encode_prompt` on
     `device` (where its text encoders must be), kept on the CPU. The negative embeddings are the
     pipeline's for no negative prompt (zeros for SDXL), as `sliders-sample` uses."""
+    family = family_of_pipe(pipe)
     encoded = {}
     with torch.no_grad():
         for prompt in dict.fromkeys(prompts):
-            embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-                prompt=prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
-                negative_prompt=None, clip_skip=clip_skip,
-            )
-            encoded[prompt] = {
-                "prompt_embeds": embeds.cpu(),  # (1, L, D1 + D2)
-                "pooled_prompt_embeds": pooled.cpu(),  # (1, P)
-                "negative_prompt_embeds": negative.cpu(),
-                "negative_pooled_prompt_embeds": negative_pooled.cpu(),
-            }
+            arguments = family.pipeline_prompt(pipe, prompt, None, device, clip_skip)
+            encoded[prompt] = {name: tensor.cpu() for name, tensor in arguments.items()}
     return encoded
 
 
@@ -145,17 +139,8 @@ def make_previews(
     if vae.dtype != unet.dtype:
         # An image slider keeps its VAE in fp32 for encoding; the pipeline decodes in the UNet's dtype.
         vae = copy.deepcopy(vae).to("cpu", unet.dtype)
-    preview_pipe = type(pipe)(
-        vae=vae,
-        text_encoder=None,
-        text_encoder_2=None,
-        tokenizer=None,
-        tokenizer_2=None,
-        unet=unet,
-        scheduler=copy.deepcopy(pipe.scheduler),  # the model's sampling scheduler, not the training one
-        force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt,
-        add_watermarker=getattr(pipe, "watermark", None) is not None,
-    )
+    # The model's sampling scheduler, not the training one.
+    preview_pipe = family_of_pipe(pipe).preview_pipeline(pipe, unet, vae, copy.deepcopy(pipe.scheduler))
     preview_pipe.set_progress_bar_config(disable=True)
     logger.info("previews every %d steps: %d prompts x %d seeds at scales %s, %d px",
                 settings.every, len(prompts), len(settings.seeds), list(settings.scales), size)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .config import read_yaml, suggest
+from .config import MAX_GUIDANCE, MAX_RESOLUTION, read_yaml, suggest
 from .errors import InputError
 
 ACTIONS = ("enhance", "erase")
-MAX_RESOLUTION = 4096  # beyond this a step needs more memory than any GPU has
 MAX_BATCH_SIZE = 64
+MAX_WEIGHT_RATIO = 100  # ai-toolkit target weights: each target's entries are repeated weight / smallest times
 
 
 @dataclass(frozen=True)
@@ -100,13 +100,17 @@ def make_entry(raw: Any, where: str = "prompt entry") -> PromptEntry:
     batch_size = _number(f"{where} key 'batch_size'", raw.get("batch_size", 1), int)
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise InputError(f"{where} key 'batch_size' is {batch_size}; use 1 or more (at most {MAX_BATCH_SIZE})")
+    guidance_scale = _number(f"{where} key 'guidance_scale'", raw.get("guidance_scale", 1.0), float)
+    if not 0 <= guidance_scale <= MAX_GUIDANCE:
+        raise InputError(f"{where} key 'guidance_scale' is {guidance_scale:g}; use 0 to {MAX_GUIDANCE} (the official "
+                         "configs use 1 to 4; 'action' sets the direction)")
     return PromptEntry(
         target=target,
         positive=positive,
         unconditional=unconditional,
         neutral=neutral,
         action=action,
-        guidance_scale=_number(f"{where} key 'guidance_scale'", raw.get("guidance_scale", 1.0), float),
+        guidance_scale=guidance_scale,
         resolution=resolution,
         dynamic_resolution=_flag(f"{where} key 'dynamic_resolution'", raw.get("dynamic_resolution", False)),
         batch_size=batch_size,
@@ -278,6 +282,10 @@ def _weighted(groups: list[tuple[list[PromptEntry], float]], where: str) -> list
     if any(weight <= 0 for weight in weights):
         raise InputError(f"{where} has a target weight of 0 or less; every weight must be positive")
     smallest = min(weights)
+    if max(weights) / smallest > MAX_WEIGHT_RATIO:
+        raise InputError(f"{where} target weights {', '.join(f'{w:g}' for w in weights)} differ by more than "
+                         f"{MAX_WEIGHT_RATIO} times (each target's prompts are repeated in that ratio); "
+                         "use weights such as 1 and 2")
     entries = []
     for group, weight in groups:
         ratio = weight / smallest

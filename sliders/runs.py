@@ -3,7 +3,8 @@
 Holds the lock a run takes on its folder (`.lock`, created exclusively, naming the process; the lock
 of a process that no longer runs is taken over), the check of what an earlier run left there
 (refused, or moved into `replaced-<time>/` with `--overwrite`, never mixed with the new run's files),
-the removal of temporary files a killed process left behind, checks that an output folder can be
+the removal of temporary files a killed process left behind, leaving the folder as it was found when
+a run stops before it saved anything (`RunFolder.abandon`), checks that an output folder can be
 made and written before any model loads, and the training state saved beside each step checkpoint:
 `<checkpoint>.state.safetensors` (slider weights in float32, optimizer tensors, random generator
 states) and `<checkpoint>.state.json` (step, scheduler and optimizer settings, Python's random state,
@@ -21,12 +22,12 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .files import atomic_path, write_text_atomic
+from .files import atomic_path, atomic_tensor_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def write_state(checkpoint: Path, parts: dict[str, Any], info: dict[str, Any]) -
     json_path, tensor_path = state_paths(checkpoint)
     tensors: dict = {}
     layout = {name: _flatten(value, name, tensors) for name, value in parts.items()}
-    with atomic_path(tensor_path) as temporary:
+    with atomic_tensor_path(tensor_path) as temporary:
         save_file(tensors, temporary, metadata={"format": "sliders-training-state"})
     write_text_atomic(json_path, json.dumps({"version": STATE_VERSION, **info, "layout": layout}) + "\n")
     return json_path, tensor_path
@@ -373,17 +374,79 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
 # --------------------------------------------------------------------------------------------------
 
 
+# The files a run writes besides its sliders: at its start (`config.yaml`) and end (`stats.json`).
+RUN_RECORDS = ("config.yaml", "stats.json")
+
+
 @dataclass
 class RunFolder:
-    """A run folder checked and locked for one run; `resume` is set when continuing an earlier run."""
+    """A run folder checked and locked for one run; `resume` is set when continuing an earlier run.
+
+    It remembers the folder as the run found it (`created`: the folders that did not exist yet;
+    `before`: the names in it; `records`: the run records there, to put back), so that a run stopped
+    before it saved anything can leave it as it was (`abandon`).
+    """
 
     path: Path
     lock: RunLock
     resume: ResumePoint | None = None
     replaced: Path | None = None
+    name: str = ""
+    created: tuple[Path, ...] = ()  # deepest first
+    before: frozenset[str] | None = None  # None until recorded: then nothing is undone
+    records: dict[str, bytes] = field(default_factory=dict)
 
     def release(self) -> None:
         self.lock.release()
+
+    def saved_anything(self) -> bool:
+        """Whether the run wrote a slider, checkpoint or training state that was not here before."""
+        before = self.before or frozenset()
+        return any(path.name not in before for path in run_files(self.path, self.name))
+
+    def abandon(self) -> None:
+        """Unlock the folder and, when the run saved nothing, leave it as the run found it.
+
+        For a run stopped before its first slider or checkpoint (a signal during set-up): the files
+        it added are removed, the records it rewrote are put back, an earlier run that `--overwrite`
+        moved aside is moved back, and the folders it created are removed. A run that saved something
+        keeps everything (the message of its stop says what).
+        """
+        try:
+            if not self.saved_anything():
+                self._undo()
+        finally:
+            self.release()
+        for folder in self.created:  # deepest first; a folder with anything in it stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def _undo(self) -> None:
+        if self.before is None or not self.path.is_dir():
+            return
+        for entry in self.path.iterdir():
+            # replaced-<time> folders hold earlier runs: never removed here, even one made just now.
+            if entry.name in self.before or entry.name == LOCK_NAME or entry.name.startswith("replaced-"):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        for name, data in self.records.items():
+            path = self.path / name
+            if not path.is_file() or path.read_bytes() != data:
+                with atomic_path(path) as temporary:
+                    Path(temporary).write_bytes(data)
+        if self.replaced is not None and self.replaced.is_dir():
+            for entry in self.replaced.iterdir():
+                if not (self.path / entry.name).exists():
+                    shutil.move(str(entry), str(self.path / entry.name))
+            try:
+                self.replaced.rmdir()
+            except OSError:
+                logger.warning("kept %s: some of its files are also in %s", self.replaced, self.path)
 
 
 def prepare_run_folder(
@@ -402,13 +465,15 @@ def prepare_run_folder(
     fix = "choose another --output_dir (save.path) or --name"
     check_writable_folder(folder, "run folder", fix)
     lock = RunLock(folder)
+    run = RunFolder(folder, lock, name=name, created=tuple(p for p in (folder, *folder.parents) if not p.exists()))
     try:
-        lock.acquire()
-    except OSError as error:
-        raise InputError(f"run folder '{folder}' cannot be written: {_reason(error)}; {fix}") from None
-    try:
+        try:
+            lock.acquire()
+        except OSError as error:
+            raise InputError(f"run folder '{folder}' cannot be written: {_reason(error)}; {fix}") from None
         remove_leftovers(folder)
-        run = RunFolder(folder, lock)
+        run.records = {n: (folder / n).read_bytes() for n in RUN_RECORDS if (folder / n).is_file()}
+        run.before = frozenset(p.name for p in folder.iterdir())
         existing = run_files(folder, name)
         last = folder / f"{name}_last.safetensors"
         if resume:
@@ -422,9 +487,11 @@ def prepare_run_folder(
         elif overwrite and existing:
             run.replaced = move_aside(folder)
             logger.info("moved the earlier run's files into %s", run.replaced)
+            run.records = {}  # they were moved aside with the rest, and come back with it
+            run.before = frozenset(p.name for p in folder.iterdir())
         return run
-    except BaseException:
-        lock.release()
+    except BaseException:  # refused, or a signal: the folder is left as it was found
+        run.abandon()
         raise
 
 

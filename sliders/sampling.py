@@ -32,6 +32,7 @@ from .config import PRECISION_ALIASES
 from .distributed import SINGLE, Processes
 from .distributed import start as start_processes
 from .errors import InputError, Interrupted, OutputError, Terminated
+from .families import SDXL, check_family, family_of_slider, family_of_source
 from .files import atomic_path
 # Also imported from here by callers older than `grids`, hence the names this module does not use.
 from .grids import ROW_LABEL_WIDTH, combination_label, drawable, make_grid  # noqa: F401
@@ -183,6 +184,20 @@ def _check_settings(steps: Any, start_noise: Any, guidance_scale: Any) -> tuple[
     if not math.isfinite(guidance_scale):
         raise InputError(f"--guidance_scale must be a finite number, got {guidance_scale!r}")
     return steps, float(start_noise), float(guidance_scale)
+
+
+def family_settings(metadata: Mapping[str, str], start_noise: Any, guidance_scale: Any) -> tuple[Any, Any]:
+    """(start_noise, guidance_scale) as given, else the slider's recorded start_noise and its family's
+    defaults (`sliders.families`; SDXL for a file that names no family)."""
+    family = family_of_slider(metadata) or SDXL
+    if start_noise is None:
+        try:
+            start_noise = float(metadata["sliders_start_noise"])
+        except (KeyError, ValueError):
+            start_noise = family.defaults.start_noise
+    if guidance_scale is None:
+        guidance_scale = family.defaults.guidance_scale
+    return start_noise, guidance_scale
 
 
 def _check_multiple(value: Any, multiple: int, what: str) -> None:
@@ -443,7 +458,7 @@ def check_slider_file(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     """What a slider file holds, checked before any model loads: UNet LoRA keys of a known naming, a
     down and an up weight for every layer, and only finite numbers (a diverged slider, NaN or
     infinite, gives black images: refused with its layer named). Whether the layers fit the base
-    model is checked when it is loaded (`network.load_slider`)."""
+    model is `check_base_model`'s."""
     from .formats import SDXL_BASE_UNET_CONFIG, parse_tensors
 
     config = dict(SDXL_BASE_UNET_CONFIG)
@@ -464,6 +479,45 @@ def check_slider_file(path: Path, tensors: dict[str, torch.Tensor], metadata: di
                                  "diverged); use an earlier checkpoint of the run")
         if parts.alpha is not None and not math.isfinite(parts.alpha):
             raise InputError(f"{where} has a non-finite alpha in layer '{parts.key}'; the file is damaged")
+
+
+def check_base_model(
+    specs: Sequence[SliderSpec], contents: Sequence[tuple[dict, dict]], model: str, *, given: bool
+) -> None:
+    """Before the model loads: the base model exists where it is a local path, and every slider fits it.
+
+    `contents` holds each slider's (tensors, metadata); `given` says whether `model` came from
+    --pretrained_model rather than the first slider's record. A slider fits when `network.load_slider`
+    rebuilds it on the model's UNet built on the meta device from the model's own UNet config (layer
+    names and shapes, no weights): the check the load makes, made before it. A model whose config
+    cannot be read without loading it (a single-file checkpoint, a hub id out of reach) is checked
+    when it is loaded.
+    """
+    from .export import meta_unet
+    from .models import missing_model, read_unet_config, resolve_model
+
+    first = specs[0].path
+    source = "--pretrained_model" if given else f"recorded in slider file '{first}'"
+    if missing_model(model) is not None:
+        fix = "give" if given else "pass --pretrained_model with"
+        raise InputError(f"base model '{model}' ({source}) does not exist; {fix} the base model's diffusers "
+                         "folder, .safetensors file or hub id")
+    # A slider of another family can fit a UNet's shapes (noxattn skips the cross-attention whose width
+    # differs), so the family is compared first, from the files of both.
+    model_family = family_of_source(resolve_model(model))
+    for spec, (_, metadata) in zip(specs, contents):
+        check_family(str(spec.path), metadata, model_family, model)
+    config = read_unet_config(model)
+    if config is None:
+        logger.debug("base model %s: its UNet layout is known once loaded; the sliders are checked then", model)
+        return
+    # Rebuilding a slider draws initial weights before its own replace them: leave the generator as it was.
+    with torch.random.fork_rng(devices=[]):
+        unet = meta_unet(config)
+        for spec, (tensors, metadata) in zip(specs, contents):
+            load_slider(spec.path, unet, attach=False, base=f"base model '{model}' ({source})",
+                        fix="pass --pretrained_model with the base model the slider was trained on",
+                        contents=(tensors, metadata))
 
 
 @dataclass(frozen=True)
@@ -513,19 +567,21 @@ def plan_run(
     Reads each slider file's metadata (an InputError when one is missing or unreadable); a slider
     without its own scales uses `scales`. The base model and resolution default to those recorded
     in the first slider's metadata (`sliders_base_model`, `sliders_resolution`; 1024 when none is
-    recorded), with a warning for a later slider recorded on another base model. The resolution is
-    checked against the VAE only once the model is loaded (see `loaded`).
+    recorded), with a warning for a later slider recorded on another base model. That base model
+    must exist and every slider must fit its UNet (`check_base_model`, from configs, no weights).
+    The resolution is checked against the VAE only once the model is loaded (see `loaded`).
     """
     if isinstance(specs, SliderSpec):
         specs = [specs]
     if not specs:
         raise InputError("no slider given; pass at least one --slider file.safetensors")
     specs = tuple(specs)
-    metadatas = []
+    contents = []
     for spec in specs:
         tensors, metadata = read_slider_file(spec.path)
         check_slider_file(spec.path, tensors, metadata)
-        metadatas.append(metadata)
+        contents.append((tensors, metadata))
+    metadatas = [metadata for _, metadata in contents]
     global_scales: tuple[float, ...] | None = None
     if any(spec.scales is None for spec in specs):
         global_scales = check_scales(scales if scales is not None else (), "--scales")
@@ -535,6 +591,7 @@ def plan_run(
     )
     prompts = check_prompts(prompts)
     seeds = check_seeds(seeds)
+    start_noise, guidance_scale = family_settings(metadatas[0], start_noise, guidance_scale)
     steps, start_noise_value, guidance = _check_settings(steps, start_noise, guidance_scale)
     if not isinstance(negative_prompt, str):
         raise InputError(f"--negative_prompt must be text, got {negative_prompt!r}")
@@ -554,7 +611,8 @@ def plan_run(
                 logger.warning("slider '%s' was trained on %s, not %s; it may not fit", spec.path, other, model)
     if resolution is None:
         recorded = _metadata_resolution(metadatas[0], first)
-        resolution = DEFAULT_RESOLUTION if recorded is None else recorded
+        default = (family_of_slider(metadatas[0]) or SDXL).defaults.sample_resolution
+        resolution = default if recorded is None else recorded
         logger.debug("resolution %d (from slider metadata or the default)", resolution)
     _check_multiple(resolution, 8, "--resolution")
 
@@ -565,6 +623,7 @@ def plan_run(
         occupied = False
     if occupied:
         raise InputError(f"output '{output}' exists and is not a folder; choose another --output")
+    check_base_model(specs, contents, model, given=bool(pretrained_model))
     return RunPlan(
         specs=specs,
         scale_lists=scale_lists,
@@ -598,7 +657,8 @@ def loaded(plan: RunPlan, *, loader: Callable | None = None) -> Iterator[tuple[A
     sliders: list[SliderNetwork] = []
     try:
         for spec in plan.specs:
-            sliders.append(load_slider(spec.path, pipe.unet, attach=True))
+            sliders.append(load_slider(spec.path, pipe.unet, attach=True, base=f"base model '{plan.model}'",
+                                       fix="pass --pretrained_model with the base model the slider was trained on"))
             logger.info("attached slider %s (%d layers)", spec.path, len(sliders[-1].loras))
         yield pipe, sliders
     finally:

@@ -1,10 +1,19 @@
-"""The built-in default model: a tiny SDXL-shaped pipeline with random weights, made locally.
+"""Built-in tiny models: pipelines of each supported family with random weights, made locally.
 
-It has every part real SDXL has (two CLIP text encoders and tokenizers, a UNet with "text_time"
+`builtin:tiny-sdxl` has every part real SDXL has (two CLIP text encoders and tokenizers, a UNet with "text_time"
 added conditioning, a KL autoencoder, a scheduler) at a size that runs on a CPU in seconds, so the
 whole training and sampling loop can be shown and tested without downloads. It is saved as a
 diffusers folder and loaded back through the same function as real SDXL weights. It learns nothing
 meaningful: real sliders need real SDXL weights.
+
+`builtin:tiny-sdxl-vpred` is the same with the schedule of SDXL v-prediction fine-tunes
+(v-prediction, zero terminal SNR, trailing timesteps).
+
+`builtin:tiny-sd1` (epsilon) and `builtin:tiny-sd2v` (v-prediction, 768-v style) are the same for
+SD 1.x and 2.x: one CLIP text encoder, a UNet without added conditioning, the scheduler their real
+counterparts ship (PNDM for SD 1.5, DDIM v-prediction for SD 2.1). The SD 2 one has what tells the
+families apart in real weights: linear projections in the UNet's transformers and a `gelu` text
+encoder (OpenCLIP) where SD 1.x has `quick_gelu` (OpenAI CLIP).
 """
 
 from __future__ import annotations
@@ -78,18 +87,19 @@ def write_tokenizer(folder: Path, words: Iterable[str], model_max_length: int = 
     )
 
 
-def build_tiny_pipeline(words: Iterable[str] = DEFAULT_WORDS, seed: int = 0, *, sample_size: int = 32):
-    """A StableDiffusionXLPipeline with tiny random weights, deterministic from `seed`."""
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+def _tokenizer(words: Iterable[str]):
+    from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as folder:
         write_tokenizer(Path(folder), words)
-        tokenizer = CLIPTokenizer.from_pretrained(folder)
-    vocab_size = len(tokenizer)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+        return CLIPTokenizer.from_pretrained(folder)
+
+
+def _unet(sample_size: int, **family):
+    """The tiny UNet's blocks, with the family's conditioning fields."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=sample_size,
@@ -98,16 +108,15 @@ def build_tiny_pipeline(words: Iterable[str] = DEFAULT_WORDS, seed: int = 0, *, 
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=8 * 6 + 32,
-        cross_attention_dim=64,
         norm_num_groups=16,
+        **family,
     )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
+
+
+def _vae(sample_size: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         block_out_channels=(16, 32),
         in_channels=3,
         out_channels=3,
@@ -117,19 +126,42 @@ def build_tiny_pipeline(words: Iterable[str] = DEFAULT_WORDS, seed: int = 0, *, 
         norm_num_groups=16,
         sample_size=sample_size * 2,
     )
-    text_config = CLIPTextConfig(
+
+
+def _text_config(vocab_size: int, hidden_size: int = 32, hidden_act: str = "gelu"):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
-        hidden_size=32,
+        hidden_size=hidden_size,
         intermediate_size=37,
         layer_norm_eps=1e-05,
         num_attention_heads=4,
         num_hidden_layers=3,
         vocab_size=vocab_size,
-        hidden_act="gelu",
+        hidden_act=hidden_act,
         projection_dim=32,
     )
+
+
+def build_tiny_pipeline(words: Iterable[str] = DEFAULT_WORDS, seed: int = 0, *, sample_size: int = 32,
+                        v_pred: bool = False):
+    """A StableDiffusionXLPipeline with tiny random weights, deterministic from `seed`. With `v_pred`,
+    scheduled as SDXL v-prediction fine-tunes are: v-prediction, zero terminal SNR, trailing timesteps."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = _tokenizer(words)
+    torch.manual_seed(seed)
+    unet = _unet(sample_size, use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                 transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=8 * 6 + 32,
+                 cross_attention_dim=64)
+    torch.manual_seed(seed + 1)
+    vae = _vae(sample_size)
+    text_config = _text_config(len(tokenizer))
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(text_config)
     torch.manual_seed(seed + 3)
@@ -140,7 +172,8 @@ def build_tiny_pipeline(words: Iterable[str] = DEFAULT_WORDS, seed: int = 0, *, 
         beta_schedule="scaled_linear",
         num_train_timesteps=1000,
         steps_offset=1,
-        timestep_spacing="leading",
+        timestep_spacing="trailing" if v_pred else "leading",
+        **({"prediction_type": "v_prediction", "rescale_betas_zero_snr": True} if v_pred else {}),
     )
     return StableDiffusionXLPipeline(
         vae=vae,
@@ -153,16 +186,57 @@ def build_tiny_pipeline(words: Iterable[str] = DEFAULT_WORDS, seed: int = 0, *, 
     )
 
 
-def ensure_tiny_model(root: Path | None = None) -> Path:
-    """The folder of the built-in tiny model, built on first use (atomically) and reused after."""
-    folder = (root or cache_root()) / f"tiny-sdxl-v{TINY_VERSION}"
+def build_tiny_sd_pipeline(v2: bool = False, words: Iterable[str] = DEFAULT_WORDS, seed: int = 0, *,
+                           sample_size: int = 32):
+    """A StableDiffusionPipeline with tiny random weights: SD 1.x-shaped (epsilon, PNDM), or with
+    `v2` SD 2.x-768-v-shaped (linear projections, `gelu` encoder, DDIM with v-prediction)."""
+    import torch
+    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    tokenizer = _tokenizer(words)
+    torch.manual_seed(seed)
+    unet = _unet(sample_size, use_linear_projection=v2, cross_attention_dim=48 if v2 else 32)
+    torch.manual_seed(seed + 1)
+    vae = _vae(sample_size)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(_text_config(len(tokenizer), 48 if v2 else 32, "gelu" if v2 else "quick_gelu"))
+    betas = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    if v2:
+        scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                  prediction_type="v_prediction", **betas)
+    else:
+        scheduler = PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1, **betas)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+TINY_BUILDERS = {
+    "tiny-sdxl": lambda: build_tiny_pipeline(),
+    "tiny-sdxl-vpred": lambda: build_tiny_pipeline(v_pred=True),
+    "tiny-sd1": lambda: build_tiny_sd_pipeline(v2=False),
+    "tiny-sd2v": lambda: build_tiny_sd_pipeline(v2=True),
+}
+
+
+def ensure_tiny_model(root: Path | None = None, kind: str = "tiny-sdxl") -> Path:
+    """The folder of a built-in tiny model (`TINY_BUILDERS`), built on first use (atomically) and reused after."""
+    folder = (root or cache_root()) / f"{kind}-v{TINY_VERSION}"
     if (folder / "model_index.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("building the built-in tiny SDXL-shaped model in %s", folder)
+    logger.info("building the built-in %s model in %s", kind, folder)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
     try:
-        build_tiny_pipeline().save_pretrained(staging)
+        TINY_BUILDERS[kind]().save_pretrained(staging)
         try:
             os.replace(staging, folder)
         except OSError:

@@ -3,8 +3,9 @@
 Setup (seed, models, prompt embeddings, network, optimizer, LR schedule), the loop (one objective
 step, slider predictions with backward inside the multiplier scope, optimizer and schedule steps,
 progress bar, logging) and checkpoints, each with the training state that resumes the run exactly
-(`runs.py` writes and finds it); SIGINT/SIGTERM save one at the current step. What a step trains on
-comes from `objectives.py`.
+(`runs.py` writes and finds it); SIGINT/SIGTERM save one at the current step once a step is done,
+and before that stop at once, leaving the run folder as it was. What a step trains on comes from
+`objectives.py`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import signal
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +34,8 @@ from .config import Config, SaveConfig, config_to_dict, run_folder_name, save_co
 from .data import LatentSource, PairedFolders
 from .distributed import SINGLE, Processes, process_seed
 from .errors import InputError, Interrupted, Terminated, TrainingError
-from .models import DTYPES, encode_prompts, load_pipeline, make_scheduler, predict_noise, vae_factor
+from .families import SDXL, Family, family_of_pipe
+from .models import DTYPES, load_pipeline, make_scheduler, predict_noise, prediction_of, vae_factor
 from .network import SliderNetwork
 from .objectives import ImageObjective, TextObjective, image_prompts
 from .previews import Previews, encode_preview_prompts, make_previews, preview_path
@@ -208,6 +211,7 @@ class Setup:
     network: SliderNetwork
     stats: RunStats = dataclasses.field(default_factory=RunStats)  # started before the model loads: its total includes setup
     previews: Previews | None = None  # with `sample.every`
+    family: Family = SDXL
 
 
 def setup(
@@ -221,14 +225,17 @@ def setup(
     """
     stats = RunStats(device)
     dtype = DTYPES[config.train.precision]
-    pipe = load_pipeline(config.pretrained_model.name_or_path, dtype=dtype, device="cpu")
-    clip_skip = config.pretrained_model.clip_skip or 0
-    depth = min(pipe.text_encoder.config.num_hidden_layers, pipe.text_encoder_2.config.num_hidden_layers)
+    model = config.pretrained_model
+    pipe = load_pipeline(model.name_or_path, dtype=dtype, device="cpu", family=model.family, v2=model.v2)
+    family = family_of_pipe(pipe)
+    clip_skip = model.clip_skip or 0
+    tokenizers, encoders = family.text_encoders(pipe)
+    depth = min(encoder.config.num_hidden_layers for encoder in encoders)
     if clip_skip > depth - 1:  # known only now: the encoders' depth comes with the model
         raise InputError(f"config key 'pretrained_model.clip_skip' is {clip_skip}, but this model's text encoders "
                          f"have {depth} layers; use at most {depth - 1}")
-    encoders = [pipe.text_encoder.to(device), pipe.text_encoder_2.to(device)]
-    embeddings = encode_prompts([pipe.tokenizer, pipe.tokenizer_2], encoders, prompts, config.pretrained_model.clip_skip)
+    encoders = [encoder.to(device) for encoder in encoders]
+    embeddings = family.encode_prompts(tokenizers, encoders, prompts, model.clip_skip)
     preview_prompts = tuple(config.sample.prompts) or tuple(preview_prompts)
     preview_text = None
     if config.sample.every:  # encoded now, while the text encoders are on the device
@@ -253,21 +260,25 @@ def setup(
         rank=config.network.rank,
         alpha=config.network.alpha,
     ).attach()
-    scheduler = make_scheduler(config.train.noise_scheduler, config.pretrained_model.v_pred)
+    scheduler = make_scheduler(config.train.noise_scheduler, *prediction_of(pipe.scheduler, model.v_pred))
     logger.info("slider on %d layers, %d parameters", len(network.loras), sum(p.numel() for p in network.parameters()))
     previews = make_previews(config.sample, pipe, unet, network, preview_prompts, resolution, device,
                              encoded=preview_text, name=config.save.name)
-    return Setup(unet, vae, scheduler, embeddings, network, stats, previews)
+    return Setup(unet, vae, scheduler, embeddings, network, stats, previews, family)
 
 
-def slider_metadata(config: Config, resolution: int, prompts: object) -> dict[str, str]:
+def slider_metadata(config: Config, resolution: int, prompts: object, parts: Setup) -> dict[str, str]:
+    v_pred = parts.scheduler.config.prediction_type == "v_prediction"
     return {
         "sliders_base_model": config.pretrained_model.name_or_path,
+        "sliders_family": parts.family.name,
+        "sliders_prediction_type": parts.scheduler.config.prediction_type,
+        "sliders_start_noise": str(parts.family.defaults.start_noise),
         "sliders_resolution": str(resolution),
         "sliders_config": json.dumps(config_to_dict(config)),
         "sliders_prompts": json.dumps(prompts),
-        "ss_base_model_version": "sdxl_base_v1-0",
-        "ss_v2": "False",
+        "ss_base_model_version": parts.family.base_model_version(v_pred),
+        "ss_v2": str(parts.family.name == "sd2"),
         "ss_network_module": "sliders.network",
     }
 
@@ -345,6 +356,7 @@ def train_loop(
                     optimizer.zero_grad(set_to_none=True)
                 stats.iterations = step - start
                 losses.append(loss)
+                signals.armed = True  # from now on a signal waits for the step to finish
                 lr = optimizer.param_groups[0]["lr"]
                 bar.set_postfix(loss=f"{loss:.5f}", lr=f"{lr:.2e}")
                 loggers.log(step, {"loss": loss, "lr": lr})
@@ -398,18 +410,22 @@ def _preview(previews: Previews, step: int, folder: Path, stats: RunStats, unet,
 
 
 class _Signals:
-    """SIGINT and SIGTERM during the loop: remembered, so the step finishes and a checkpoint is saved.
+    """SIGINT and SIGTERM during the loop, once `armed` (a step is done): remembered, so the step in
+    progress finishes and a checkpoint is saved.
 
-    A second signal stops at once (KeyboardInterrupt, or Terminated for SIGTERM); the last periodic
-    checkpoint is then what is kept. Outside the main thread signals cannot be caught and are left alone.
+    Before that (set-up, and the first step with its draws and partial denoising) there is nothing
+    to save, and a signal stops at once, as does a second signal (KeyboardInterrupt, or Terminated
+    for SIGTERM); the last periodic checkpoint is then what is kept. Outside the main thread signals
+    cannot be caught and are left alone.
     """
 
     def __init__(self):
         self.received: int = 0
+        self.armed = False
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.received:
+        if self.received or not self.armed:
             raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         self.received = signum
 
@@ -477,16 +493,7 @@ class _Checkpoints:
     def restore(self, point: ResumePoint) -> int:
         """Load a checkpoint's training state into the network, optimizer, schedule, random states and objective."""
         parts = read_state(point)
-        try:
-            self.network.load_state_dict(parts["network"])
-            self.optimizer.load_state_dict(parts["optimizer"])
-            self.lr_scheduler.load_state_dict(parts["lr_scheduler"])
-        except (KeyError, RuntimeError, ValueError) as error:
-            raise InputError(f"training state '{point.state_tensors}' does not fit this run ({str(error).splitlines()[0]}); "
-                             "start again with --overwrite") from None
-        state = parts["python_random"]
-        self.rng.setstate((state[0], tuple(state[1]), state[2]))
-        self.generator.set_state(parts["torch_generator"])
+        load_training_state(point, parts, self.network, self.optimizer, self.lr_scheduler, self.rng, self.generator)
         torch.set_rng_state(parts["torch_global"])
         if "torch_cuda" in parts and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(list(parts["torch_cuda"]))
@@ -578,8 +585,9 @@ def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.d
         xk_spacing=config.train.xk_spacing,
         trajectory_reuse=config.train.trajectory_reuse,
         compile_unet=config.train.compile,
+        family=parts.family,
     )
-    return parts, objective, slider_metadata(config, entries[0].resolution, text_prompts_record(entries))
+    return parts, objective, slider_metadata(config, entries[0].resolution, text_prompts_record(entries), parts)
 
 
 def text_prompts_record(entries: Sequence[PromptEntry]) -> list[dict]:
@@ -626,15 +634,104 @@ def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, devi
         max_denoising_steps=config.train.max_denoising_steps,
         device=device,
         folders_per_step=config.data.folders_per_step,
+        family=parts.family,
     )
-    return parts, objective, slider_metadata(config, entry.resolution, image_prompts_record(pairs, entry))
+    return parts, objective, slider_metadata(config, entry.resolution, image_prompts_record(pairs, entry), parts)
 
 
 def open_run(config: Config, prompts_record: object, *, overwrite: bool = False, resume: bool = False) -> RunFolder:
     """Check, lock and clear the run folder before any model loads (`sliders.runs.prepare_run_folder`);
-    with `resume`, find the checkpoint to continue from. Release it with `RunFolder.release()`."""
-    return prepare_run_folder(run_folder(config), config.save.name, config_to_dict(config), json.dumps(prompts_record),
-                              overwrite=overwrite, resume=resume)
+    with `resume`, find the checkpoint to continue from and check its training state (`check_resume_state`).
+    Release it with `RunFolder.release()`."""
+    run = prepare_run_folder(run_folder(config), config.save.name, config_to_dict(config), json.dumps(prompts_record),
+                             overwrite=overwrite, resume=resume)
+    if run.resume is not None:
+        try:
+            check_resume_state(config, run.resume)
+        except BaseException:
+            run.release()
+            raise
+    return run
+
+
+def check_resume_state(config: Config, point: ResumePoint) -> None:
+    """The training state `--resume` continues from, read and loaded into a slider, optimizer and LR
+    schedule built for this config on the base model's UNet built on the meta device (layer names and
+    shapes from its config, no weights), before the model loads: a truncated or damaged state, or the
+    state of another network, is one line now instead of after the load. Where the UNet config cannot
+    be read without loading the model (a single file, a hub id out of reach), only the file is read
+    here, and `_Checkpoints.restore` says the rest."""
+    from .export import meta_unet
+    from .models import read_unet_config
+
+    parts = read_state(point)
+    unet_config = read_unet_config(config.pretrained_model.name_or_path)
+    if unet_config is None:
+        return
+    # Building the slider draws its initial weights: leave the global generator as it was.
+    with torch.random.fork_rng(devices=[]):
+        network = SliderNetwork.create(meta_unet(unet_config), network_type=config.network.type,
+                                       training_method=config.network.training_method, rank=config.network.rank,
+                                       alpha=config.network.alpha)
+    optimizer = make_optimizer(config.train.optimizer, network.trainable_parameters(), config.train.lr,
+                               config.train.optimizer_args)
+    lr_scheduler = make_lr_scheduler(config.train.lr_scheduler, optimizer, config.train.iterations, config.train.lr)
+    load_training_state(point, parts, network, optimizer, lr_scheduler, random.Random(), torch.Generator())
+
+
+def load_training_state(point: ResumePoint, parts: dict, network: SliderNetwork, optimizer, lr_scheduler,
+                        rng: random.Random, generator: torch.Generator) -> None:
+    """Load a training state's slider, optimizer, schedule and random states into these (the global
+    torch state is only checked: the caller sets it). One that does not fit is one whole line."""
+    where = f"training state '{point.state_tensors}'"
+    saved = parts.get("network")
+    differences = _state_differences(saved, network.state_dict()) if isinstance(saved, dict) else ""
+    if differences:
+        raise InputError(f"{where} holds the slider of another network ({differences}); it was not saved by this "
+                         "run; start again with --overwrite")
+    try:
+        network.load_state_dict(parts["network"])
+        optimizer.load_state_dict(parts["optimizer"])
+        lr_scheduler.load_state_dict(parts["lr_scheduler"])
+        state = parts["python_random"]
+        rng.setstate((state[0], tuple(state[1]), state[2]))
+        generator.set_state(parts["torch_generator"])
+        torch.Generator().set_state(parts["torch_global"])
+    except (KeyError, IndexError, TypeError, RuntimeError, ValueError) as error:
+        reason = f"no entry {error}" if isinstance(error, KeyError) else " ".join(str(error).split())
+        raise InputError(f"{where} does not fit this run ({reason or type(error).__name__}); "
+                         "start again with --overwrite") from None
+
+
+def _state_differences(saved: dict, current: dict) -> str:
+    """What keeps a saved slider state from loading into this run's network ('' when nothing does):
+    tensors of other shapes, missing or extra, each counted with its first example."""
+    reshaped = [key for key in current if key in saved and isinstance(saved[key], torch.Tensor)
+                and saved[key].shape != current[key].shape]
+    missing = [key for key in current if key not in saved]
+    extra = [key for key in saved if key not in current]
+    said = []
+    if reshaped:
+        key = reshaped[0]
+        said.append(f"{len(reshaped)} of its {len(current)} tensors have other shapes, e.g. '{key}' is "
+                    f"{tuple(saved[key].shape)} where this config needs {tuple(current[key].shape)}")
+    if missing:
+        said.append(f"{len(missing)} tensors of this config are missing, e.g. '{missing[0]}'")
+    if extra:
+        said.append(f"{len(extra)} tensors are not in this config, e.g. '{extra[0]}'")
+    return ", ".join(said)
+
+
+@contextmanager
+def _abandoned_when_stopped(run: RunFolder | None) -> Iterator[None]:
+    """A run ended at once by Ctrl-C or SIGTERM (during set-up or its first step, or by a second
+    signal) leaves its folder as it found it when it saved nothing there (`RunFolder.abandon`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if run is not None:
+            run.abandon()
+        raise
 
 
 def train_text_slider(
@@ -643,8 +740,9 @@ def train_text_slider(
 ) -> RunResult:
     """Train a slider from prompt entries (SPEC section 2), in `run` (from `open_run`) when given;
     as one of several `processes` (`distributed.start`), data-parallel (`train_loop`)."""
-    parts, objective, metadata = prepare_text(config, entries, device)
-    return train_loop(config, parts, objective, run_folder(config), metadata, run.resume if run else None, processes)
+    with _abandoned_when_stopped(run):
+        parts, objective, metadata = prepare_text(config, entries, device)
+        return train_loop(config, parts, objective, run_folder(config), metadata, run.resume if run else None, processes)
 
 
 def train_image_slider(
@@ -653,5 +751,6 @@ def train_image_slider(
 ) -> RunResult:
     """Train a slider from paired image folders (SPEC section 3), in `run` (from `open_run`) when given;
     as one of several `processes` (`distributed.start`), data-parallel (`train_loop`)."""
-    parts, objective, metadata = prepare_image(config, pairs, entry, device)
-    return train_loop(config, parts, objective, run_folder(config), metadata, run.resume if run else None, processes)
+    with _abandoned_when_stopped(run):
+        parts, objective, metadata = prepare_image(config, pairs, entry, device)
+        return train_loop(config, parts, objective, run_folder(config), metadata, run.resume if run else None, processes)

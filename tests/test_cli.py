@@ -272,7 +272,7 @@ def test_sample_bad_slider_files(tmp_path, capsys):
 def _run_script(script, args, cwd):
     env = {**os.environ, "PYTHONPATH": ""}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=1800)
 
 
 def test_official_shims_accept_the_official_flags(text_config, image_root, tmp_path):
@@ -336,7 +336,7 @@ def test_every_command_reports_a_bad_input_in_exactly_one_stderr_line(command, t
     env = {**os.environ, "PYTHONPATH": ""}
     for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         env.pop(name, None)
-    result = subprocess.run([*program, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*program, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
@@ -354,7 +354,7 @@ def test_dependency_logging_is_heard_only_with_verbose(tmp_path):
         "warnings.warn('dependency warning', UserWarning)\n"
         "logging.getLogger('sliders.trainer').warning('our warning')\n"
     )
-    quiet = subprocess.run([sys.executable, "-c", script, "quiet"], capture_output=True, text=True, timeout=300)
-    loud = subprocess.run([sys.executable, "-c", script, "verbose"], capture_output=True, text=True, timeout=300)
+    quiet = subprocess.run([sys.executable, "-c", script, "quiet"], capture_output=True, text=True, timeout=900)
+    loud = subprocess.run([sys.executable, "-c", script, "verbose"], capture_output=True, text=True, timeout=900)
     assert quiet.stderr.strip().splitlines() == ["our warning"]
     assert "dependency notice" in loud.stderr and "dependency warning" in loud.stderr and "our warning" in loud.stderr

@@ -86,8 +86,10 @@ def test_bad_values_are_named(tmp_path):
         load_config(_write(tmp_path, "train: [\n  lr: 1\n"))
     with pytest.raises(InputError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
-    with pytest.raises(InputError, match="only SDXL"):
-        load_config(None, {"pretrained_model.v2": True})
+    # v2 now selects SD 2.x; it only conflicts with another explicit family.
+    assert load_config(None, {"pretrained_model.v2": True}).pretrained_model.v2 is True
+    with pytest.raises(InputError, match="pretrained_model.v2.*disagree"):
+        load_config(None, {"pretrained_model.v2": True, "pretrained_model.family": "sd1"})
 
 
 def test_flags_beat_yaml_beat_defaults(tmp_path):
@@ -174,3 +176,60 @@ def test_an_alpha_that_would_only_blow_up_the_loss_is_refused():
     with pytest.raises(InputError, match="'network.alpha' must be at most 1024"):
         load_config(None, {"network.alpha": 1e30})
     assert load_config(None, {"network.alpha": 16}).network.alpha == 16
+
+
+# Every numeric option has a lower and an upper bound, checked when the config loads (one line, the
+# key, the limit and the fix): (overrides, the largest value accepted or None, the message).
+UPPER_BOUNDS = [
+    ({"train.trajectory_reuse": 10**9}, {"train.trajectory_reuse": 1000}, "train.trajectory_reuse' must be at most 1000"),
+    ({"train.trajectory_reuse": 13, "train.iterations": 12}, {"train.trajectory_reuse": 12, "train.iterations": 12},
+     "train.trajectory_reuse' must be at most 12, got 13: train.iterations is 12"),
+    ({"train.iterations": 10**9}, {"train.iterations": 10**6}, "train.iterations' must be at most 1000000"),
+    ({"save.per_steps": 10**7}, {"save.per_steps": 10**6}, "save.per_steps' must be at most 1000000"),
+    ({"train.xk_max_steps": 51}, {"train.xk_max_steps": 50}, "train.xk_max_steps' must be at most 50"),
+    ({"data.folders_per_step": 3, "data.folders": ["a", "b"]}, {"data.folders_per_step": 2, "data.folders": ["a", "b"]},
+     "data.folders_per_step' must be at most 2"),
+    ({"data.folders_per_step": 65}, {"data.folders_per_step": 64}, "data.folders_per_step' must be at most 64"),
+    ({"data.scales": [-1, 1e30]}, {"data.scales": [-100, 100]}, "data.scales' has 1e+30"),
+    ({"sample.every": 10**9}, {"sample.every": 10**6}, "sample.every' must be from 0 (no previews) to 1000000"),
+    ({"sample.every": -1}, {"sample.every": 0}, "sample.every' must be from 0"),
+    ({"sample.resolution": 8192}, {"sample.resolution": 4096}, "sample.resolution' must be a multiple of 64 from 64 to 4096"),
+    ({"sample.guidance_scale": 1e9}, {"sample.guidance_scale": 100}, "sample.guidance_scale' must be from 0 to 100"),
+    ({"sample.guidance_scale": -1}, {"sample.guidance_scale": 0}, "sample.guidance_scale' must be from 0 to 100"),
+    ({"sample.seeds": list(range(100))}, {"sample.seeds": list(range(85))}, "make 300 preview images (1 x 100 x 3)"),
+    ({"sample.prompts": ["a"] * 2, "sample.scales": [float(s) for s in range(-64, 65)]},
+     {"sample.prompts": ["a"] * 2, "sample.scales": [float(s) for s in range(-64, 64)]}, "make 258 preview images"),
+]
+
+
+@pytest.mark.parametrize("bad, edge, message", UPPER_BOUNDS)
+def test_every_numeric_option_is_bounded_when_the_config_loads(bad, edge, message):
+    with pytest.raises(InputError) as refused:
+        load_config(None, bad)
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    load_config(None, edge)  # the limit itself is accepted
+
+
+def test_the_fast_preset_fits_a_short_schedule():
+    """`train.fast` sets 4 jumps; a schedule of fewer steps needs fewer, which is not an error."""
+    assert load_config(None, {"train.fast": True, "train.max_denoising_steps": 2}).train.xk_max_steps == 4
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"target": "x", "guidance_scale": 1e9}, "key 'guidance_scale' is 1e+09; use 0 to 100"),
+    ({"target": "x", "guidance_scale": -2}, "key 'guidance_scale' is -2; use 0 to 100"),
+])
+def test_prompt_guidance_is_bounded(raw, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        make_entry(raw)
+    assert make_entry({"target": "x", "guidance_scale": 100}).guidance_scale == 100
+
+
+def test_target_weights_far_apart_are_refused(tmp_path):
+    """ai-toolkit weights repeat each target's prompts in their ratio: 1 and 1e9 would be a billion entries."""
+    path = _write(tmp_path, "targets:\n  - target_class: a\n    positive: b\n    weight: 1\n"
+                            "  - target_class: c\n    positive: d\n    weight: 1000000000\n", "targets.yaml")
+    with pytest.raises(InputError, match="differ by more than 100 times"):
+        load_prompts(str(path))
+    path.write_text(path.read_text().replace("1000000000", "100"))
+    assert len(load_prompts(str(path))) == 101

@@ -39,7 +39,12 @@ def _free_port() -> int:
 ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE"}
 
 
-def launch(command: str, *args: str, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+# Only a guard against a hung run: on a loaded 2-core machine two processes that each import torch and
+# load the model can take minutes, and a tight limit fails a run that would have passed.
+TIMEOUT = 1800
+
+
+def launch(command: str, *args: str, processes: int = 2, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
     """`accelerate launch --multi_gpu --num_processes N <sliders command> ...` as the README writes it."""
     env = {**os.environ, **ENV}
     return subprocess.run(
@@ -157,8 +162,9 @@ def test_a_failure_in_one_process_stops_both_with_one_line(text_config, tmp_path
     """The main process alone finds the run folder taken (it alone holds the run folder): the
     other process, already loading the model, stops at its next meeting point instead of waiting."""
     assert train_main(["--config", str(text_config), "--device", "cpu"]) == 0
-    result = launch("sliders-train", "--config", str(text_config), "--device", "cpu", timeout=180)
-    assert result.returncode != 0
+    result = launch("sliders-train", "--config", str(text_config), "--device", "cpu")
+    # The main process exits 2 (a bad input); accelerate's launcher turns any failed process into 1 (README).
+    assert result.returncode == 1, result.stderr[-3000:]
     ours = [line for line in result.stderr.splitlines() if line.startswith(("error:", "training stopped:"))]
     assert len(ours) == 1 and "already exists" in ours[0], result.stderr[-3000:]
 
@@ -169,7 +175,7 @@ def test_two_processes_sample_the_images_of_one_bit_for_bit(text_config, tmp_pat
     common = ["--slider", slider, "--scales=-2,0,2", "--prompt", "circle", "--prompt", "large square",
               "--seeds", "0,1", "--steps", "3", "--resolution", "64", "--device", "cpu"]
     alone = subprocess.run([str(BIN / "sliders-sample"), *common, "--output", str(tmp_path / "one")],
-                           env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+                           env={**os.environ, **ENV}, capture_output=True, text=True, timeout=TIMEOUT)
     assert alone.returncode == 0, alone.stderr[-3000:]
     result = launch("sliders-sample", *common, "--output", str(tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -190,7 +196,7 @@ def test_two_processes_evaluate_into_the_report_of_one(text_config, tmp_path):
     common = ["--slider", str(_slider(tmp_path)), "--scales=-2,0,2", "--prompt", "circle", "--seeds", "0-2",
               "--steps", "2", "--resolution", "64", "--device", "cpu"]
     alone = subprocess.run([str(BIN / "sliders-eval"), *common, "--output", str(tmp_path / "one")],
-                           env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+                           env={**os.environ, **ENV}, capture_output=True, text=True, timeout=TIMEOUT)
     assert alone.returncode == 0, alone.stderr[-3000:]
     result = launch("sliders-eval", *common, "--output", str(tmp_path / "two"))
     assert result.returncode == 0, result.stderr[-3000:]

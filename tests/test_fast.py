@@ -178,7 +178,7 @@ def _write_config(tmp_path, **train):
 @pytest.mark.parametrize("flags, forward, calls", [
     ([], 3 * (2 + 3 + 1), 3 * 3),
     (["--fast"], 3 * (2 + 3 + 1), 3 * 3),  # k = 1 needs one call however coarse the jumps
-    (["--trajectory_reuse", "12"], 2 + 3 * (3 + 1), 1 + 3 * 2),  # the three steps share one trajectory
+    (["--trajectory_reuse", "3"], 2 + 3 * (3 + 1), 1 + 3 * 2),  # the three steps share one trajectory
 ])
 def test_every_run_writes_counted_stats(tmp_path, flags, forward, calls):
     """With max_denoising_steps 2, k is always 1: a guided call (2 samples per latent), a frozen call
@@ -197,7 +197,7 @@ def test_every_run_writes_counted_stats(tmp_path, flags, forward, calls):
     assert seconds["loop"] <= seconds["total"]
     assert stats["peak_memory"]["cpu_peak_rss_gib"] > 0
     assert stats["options"]["xk_max_steps"] == (FAST_XK_MAX_STEPS if flags == ["--fast"] else None)
-    assert stats["options"]["trajectory_reuse"] == (12 if "--trajectory_reuse" in flags else 1)
+    assert stats["options"]["trajectory_reuse"] == (3 if "--trajectory_reuse" in flags else 1)
     assert stats["options"]["xk_staleness_steps_max"] == (2 if "--trajectory_reuse" in flags else 0)
 
 

@@ -98,11 +98,16 @@ def _a1111_lookup(name, layer_names):
 
 @pytest.fixture(scope="module")
 def sdxl():
-    """The SDXL base UNet on the meta device and its LDM module names, checked against diffusers'
-    own LDM -> diffusers checkpoint converter for every weight."""
+    """The SDXL base UNet on the meta device and its LDM module names."""
+    return ldm_modules(SDXL_BASE_UNET_CONFIG)
+
+
+def ldm_modules(config):
+    """A full-size UNet of this config on the meta device and its LDM module names (the checkpoint's
+    `diffusion_model.*`), checked against diffusers' own LDM -> diffusers converter for every weight."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    unet = meta_unet(SDXL_BASE_UNET_CONFIG)
+    unet = meta_unet(config)
     dotted = NameMap(unet_config(unet), ".")
     ldm_state = {}
     for key, tensor in unet.state_dict().items():
@@ -110,8 +115,7 @@ def sdxl():
         ldm_state[f"model.diffusion_model.{dotted.to_ldm(module)}.{leaf}"] = tensor
     # diffusers maps every one of our LDM names back to the right diffusers weight.
     assert set(convert_ldm_unet_checkpoint(ldm_state, unet_config(unet))) == set(unet.state_dict())
-    ldm_modules = {k[len("model."):].rpartition(".")[0] for k in ldm_state}
-    return unet, ldm_modules
+    return unet, {k[len("model."):].rpartition(".")[0] for k in ldm_state}
 
 
 def test_default_kohya_file_of_full_sdxl_maps_completely_in_a1111_and_comfyui(sdxl):

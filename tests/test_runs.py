@@ -177,9 +177,11 @@ def _console(name):
     return str(Path(sys.executable).parent / name)
 
 
-def _wait_for(path, process, seconds=240):
+def _wait_for(path, process, seconds=900):
+    """Wait while `process` runs until a file matches `path` (its name may be a glob pattern). The
+    deadline only stops a hung test: a loaded machine may take minutes to get there."""
     deadline = time.monotonic() + seconds
-    while not path.exists():
+    while not any(path.parent.glob(path.name)):
         assert process.poll() is None, process.communicate()[1][-2000:]
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.05)
@@ -194,10 +196,12 @@ def test_real_signal_to_a_real_training_process_keeps_a_resumable_checkpoint(tmp
                                stderr=subprocess.PIPE, text=True)
     folder = tmp_path / "models" / RUN
     try:
-        _wait_for(folder / "size_1steps.state.json", process)
+        # Any step's state: only the latest is kept, so step 1's lasts one step, which a poller on a
+        # loaded machine can miss; some state exists from the first checkpoint on.
+        _wait_for(folder / "size_*steps.state.json", process)
         assert json.loads((folder / ".lock").read_text())["pid"] == process.pid
         process.send_signal(signum)
-        _, err = process.communicate(timeout=120)
+        _, err = process.communicate(timeout=600)
     finally:
         if process.poll() is None:
             process.kill()
@@ -209,11 +213,105 @@ def test_real_signal_to_a_real_training_process_keeps_a_resumable_checkpoint(tmp
     assert not (folder / ".lock").exists() and not list(folder.glob(".*.tmp"))
 
 
+BLOCKING_DRIVER = """
+import sys, time
+from pathlib import Path
+from sliders import trainer
+from sliders.objectives import TextObjective
+from sliders.cli import train_main
+
+phase, marker = sys.argv[1], Path(sys.argv[2])
+
+
+def block(original):
+    def blocked(*args, **kwargs):
+        marker.write_text(phase)
+        time.sleep(100_000)  # a long set-up, or a first step that does not end: only a signal gets out
+        return original(*args, **kwargs)
+    return blocked
+
+
+if phase == "setup":
+    trainer.load_pipeline = block(trainer.load_pipeline)
+else:
+    TextObjective.step = block(TextObjective.step)
+sys.exit(train_main(sys.argv[3:]))
+"""
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("phase, signum, code, earlier", [
+    ("setup", signal.SIGTERM, 143, False),
+    ("first_step", signal.SIGINT, 130, True),
+    ("first_step", signal.SIGTERM, 143, False),
+])
+def test_a_signal_before_the_first_step_ends_the_run_at_once_and_leaves_nothing(tmp_path, phase, signum, code,
+                                                                                 earlier):
+    """A signal while the model loads, or during a first step that does not end, ends the run at once
+    with its exit code: no lock, no run folder, config.yaml or stats.json, no temporary file; a folder
+    that was there before (here: an earlier run that --overwrite was moving aside) keeps its contents."""
+    config = _config(tmp_path)
+    driver = tmp_path / "driver.py"
+    driver.write_text(BLOCKING_DRIVER)
+    marker = tmp_path / "blocked"
+    folder = tmp_path / "models" / RUN
+    before = {}
+    if earlier:
+        folder.mkdir(parents=True)
+        (folder / "size_last.safetensors").write_bytes(b"an earlier run's slider")
+        (folder / "config.yaml").write_text("earlier: config\n")
+        (folder / "notes.txt").write_text("mine")
+        before = _snapshot(tmp_path / "models")
+    process = subprocess.Popen([sys.executable, str(driver), phase, str(marker), "--config", str(config),
+                                "--device", "cpu", "--iterations", "3", *(["--overwrite"] if earlier else [])],
+                               cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(marker, process)
+        process.send_signal(signum)
+        # The blocked call sleeps far longer than this timeout: a process that ends at all ended on the
+        # signal, however slow the machine is (no duration is asserted).
+        _, err = process.communicate(timeout=900)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == code, err[-2000:]
+    assert err.strip().splitlines()[-1] == ("terminated" if code == 143 else "interrupted")
+    if earlier:
+        assert _snapshot(tmp_path / "models") == before
+    else:
+        assert not (tmp_path / "models").exists(), _snapshot(tmp_path / "models")
+
+
+def test_an_abandoned_run_folder_keeps_what_was_saved(tmp_path):
+    """`RunFolder.abandon` (a run stopped by a second signal, say) undoes nothing once the run saved a
+    slider: the checkpoint and the records stay; only the lock goes."""
+    from sliders.runs import prepare_run_folder
+
+    folder = tmp_path / "models" / "run"
+    run = prepare_run_folder(folder, "size", {}, "[]", overwrite=False, resume=False)
+    (folder / "config.yaml").write_text("this run\n")
+    (folder / "size_1steps.safetensors").write_bytes(b"a checkpoint")
+    run.abandon()
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "size_1steps.safetensors"]
+    run = prepare_run_folder(folder, "other", {}, "[]", overwrite=False, resume=False)
+    (folder / "config.yaml").write_text("the other run\n")
+    (folder / "stats.json").write_text("{}")
+    run.abandon()
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "size_1steps.safetensors"]
+    assert (folder / "config.yaml").read_text() == "this run\n"
+
+
 def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(tmp_path, capsys):
     config = _config(tmp_path)
     folder = tmp_path / "models" / RUN
     folder.mkdir(parents=True)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # Alive until killed below, however long the run takes to reach the lock on a loaded machine.
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     try:
         (folder / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname(),
                                                   "started": "then", "command": "sliders-train --config x"}))
@@ -305,6 +403,118 @@ def test_a_failed_final_save_keeps_the_slider_elsewhere_and_says_where(tmp_path,
     (kept,) = (tmp_path / "fallback").glob("size_last-*.safetensors")
     assert "No space left on device" in line and str(kept) in line
     assert read_slider_file(kept)[0]
+
+
+FULL_DISK = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+@pytest.mark.parametrize("which", ["_last", "_1steps"])
+def test_safetensors_own_full_disk_error_keeps_the_slider_elsewhere(tmp_path, monkeypatch, capsys, which):
+    """safetensors reports a full disk as its SafetensorError (not an OSError): the final slider and a
+    step checkpoint still go to the fallback folder, and the one line says where (exit 1)."""
+    import sliders.network
+    from safetensors import SafetensorError
+
+    config = _config(tmp_path)
+    fallback = tmp_path / "fallback"
+    fallback.mkdir()
+    monkeypatch.setattr(trainer.tempfile, "gettempdir", lambda: str(fallback))
+    original = sliders.network.save_file
+
+    def save_file(tensors, filename, metadata=None):
+        if Path(filename).name.startswith(f".size{which}."):  # the temporary file of that slider
+            raise SafetensorError(FULL_DISK)
+        return original(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(sliders.network, "save_file", save_file)
+    assert train_main(["--config", str(config), "--device", "cpu"]) == 1
+    line = _last_line(capsys)
+    (kept,) = fallback.glob(f"size{which}-*.safetensors")
+    assert "No space left on device" in line and str(kept) in line
+    assert read_slider_file(kept)[0]
+    folder = tmp_path / "models" / RUN
+    assert not (folder / f"size{which}.safetensors").exists() and not list(folder.glob(".*.tmp"))
+    assert not (folder / ".lock").exists()
+
+
+def test_a_safetensors_error_that_is_not_a_failed_write_is_not_taken_for_one(tmp_path):
+    from safetensors import SafetensorError
+
+    from sliders.files import atomic_tensor_path
+
+    with pytest.raises(OSError) as failed:
+        with atomic_tensor_path(tmp_path / "a.safetensors"):
+            raise SafetensorError(FULL_DISK)
+    assert failed.value.errno == 28 and failed.value.strerror == os.strerror(28)
+    with pytest.raises(SafetensorError, match="header too large"):
+        with atomic_tensor_path(tmp_path / "b.safetensors"):
+            raise SafetensorError("Error while deserializing header: header too large")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _can_mount_a_small_disk(folder) -> bool:
+    """Whether `unshare` gives this user a mount namespace where a tmpfs can be mounted (Linux)."""
+    folder.mkdir(exist_ok=True)
+    try:
+        probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m none '{folder}'"],
+                               capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+FULL_DISK_DRIVER = """
+import os, sys
+from pathlib import Path
+from sliders import trainer
+from sliders.cli import train_main
+
+original = trainer._Checkpoints.save_last
+
+
+def fill_the_disk_then_save(self, step):
+    # The disk fills up during training: nothing more fits when the final slider is written.
+    handle = os.open(self.folder / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    for size in (1 << 20, 4096, 1):
+        try:
+            while True:
+                os.write(handle, b"x" * size)
+        except OSError:
+            pass
+    os.close(handle)
+    return original(self, step)
+
+
+trainer._Checkpoints.save_last = fill_the_disk_then_save
+sys.exit(train_main(sys.argv[1:]))
+"""
+
+
+def test_a_really_full_disk_keeps_the_final_slider_and_says_where(tmp_path):
+    """The run folder on a small file system (a tmpfs in a private mount namespace) that fills up:
+    the real ENOSPC, through safetensors' own writer, ends the run with exit 1 and one line naming
+    the slider kept in the temporary folder, which loads."""
+    disk = tmp_path / "disk"
+    if not _can_mount_a_small_disk(disk):
+        pytest.skip("no mount namespace here (unshare -rm) to make a small disk in")
+    config = tmp_path / "full.yaml"
+    config.write_text(cli_config_text(tmp_path).replace(str(tmp_path / "models"), str(disk / "models")))
+    driver = tmp_path / "driver.py"
+    driver.write_text(FULL_DISK_DRIVER)
+    fallback = tmp_path / "fallback"
+    fallback.mkdir()
+    env = {**os.environ, "TMPDIR": str(fallback), "HF_HUB_OFFLINE": "1"}
+    command = (f"mount -t tmpfs -o size=8m none '{disk}' && exec '{sys.executable}' '{driver}' "
+               f"--config '{config}' --device cpu")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", command], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    (kept,) = fallback.glob("size_last-*.safetensors")
+    assert line.startswith("training stopped: could not write the final slider")
+    assert "No space left on device" in line and str(kept) in line
+    tensors, metadata = read_slider_file(kept)[:2]
+    assert tensors and metadata["sliders_step"] == "2"
 
 
 def test_nan_loss_keeps_the_last_good_weights_and_names_them(tmp_path, monkeypatch, capsys):
@@ -411,6 +621,9 @@ TRAIN_BAD = [
     ({"append": "logging:\n  use_wandb: true\n"}, [], "needs the package 'wandb'"),
     ({"config": ("train:\n", "train:\n  seed: 1\ntrain:\n")}, [], "'train' twice"),
     ({}, ["--resume", "--overwrite"], "contradict"),
+    ({}, ["--trajectory_reuse", "1000000000"], "train.trajectory_reuse' must be at most 2, got 1000000000"),
+    ({}, ["--xk_max_steps", "7"], "train.xk_max_steps' must be at most 6"),
+    ({}, ["--iterations", "1000000000"], "train.iterations' must be at most 1000000"),
 ]
 
 
@@ -529,8 +742,9 @@ def test_sampling_output_folders_are_owned_by_one_run_and_cleaned_of_leftovers(t
     slider = tmp_path / "s.safetensors"
     from safetensors.torch import save_file
     import torch as _torch
-    save_file({"lora_unet_mid_block_resnets_0_conv1.lora_down.weight": _torch.zeros(1, 4, 3, 3),
-               "lora_unet_mid_block_resnets_0_conv1.lora_up.weight": _torch.zeros(4, 1, 1, 1)}, str(slider))
+    # A layer of the tiny UNet (64 channels in its mid block), so that the slider fits the base model.
+    save_file({"lora_unet_mid_block_resnets_0_conv1.lora_down.weight": _torch.zeros(1, 64, 3, 3),
+               "lora_unet_mid_block_resnets_0_conv1.lora_up.weight": _torch.zeros(64, 1, 1, 1)}, str(slider))
     code = sample_main(["--slider", str(slider), "--prompt", "x", "--output", str(out), "--pretrained_model",
                         "builtin:tiny-sdxl", "--device", "cpu", "--steps", "2"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,4 +1,8 @@
-"""Train a small text-to-image model on the shapes world and save it as an SDXL pipeline folder.
+"""Train a small text-to-image model on the shapes world and save it as an SDXL (or SD 1.x) pipeline folder.
+
+With `family="sd1"` the model has SD 1.x's architecture instead (one CLIP text encoder, whose last
+state after the final layer norm conditions a UNet without added conditioning), and may reuse the
+autoencoder of an existing shapes model (`vae_from`), so only its UNet is trained.
 
 The result has every part of SDXL (two CLIP text encoders sharing one tokenizer, a KL autoencoder,
 a "text_time" UNet, an Euler scheduler), so the package's slider training and sampling, which only
@@ -105,14 +109,16 @@ def make_tokenizer(folder: Path):
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
-def make_text_encoders(vocab_size: int, seed: int):
-    """(CLIPTextModel, CLIPTextModelWithProjection), seeded and in eval mode."""
+def make_text_encoders(vocab_size: int, seed: int, family: str = "sdxl"):
+    """(CLIPTextModel, CLIPTextModelWithProjection), seeded and in eval mode; for `sd1`, one
+    CLIPTextModel as wide as SDXL's two together (the UNet's cross-attention sees as many features)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    hidden = 2 * TEXT_HIDDEN if family == "sd1" else TEXT_HIDDEN
     config = CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=4 * TEXT_HIDDEN,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
         num_hidden_layers=TEXT_LAYERS,
         num_attention_heads=4,
         max_position_embeddings=77,
@@ -125,6 +131,8 @@ def make_text_encoders(vocab_size: int, seed: int):
     )
     torch.manual_seed(seed)
     first = CLIPTextModel(config).eval()
+    if family == "sd1":
+        return (first,)
     torch.manual_seed(seed + 1)
     second = CLIPTextModelWithProjection(config).eval()
     return first, second
@@ -148,8 +156,9 @@ def make_vae(seed: int):
     )
 
 
-def make_unet(seed: int):
-    """An SDXL-shaped UNet on 16x16x4 latents: "text_time" added conditioning, linear projections.
+def make_unet(seed: int, family: str = "sdxl"):
+    """An SDXL-shaped UNet on 16x16x4 latents: "text_time" added conditioning, linear projections;
+    for `sd1` the same blocks shaped as SD 1.x's: no added conditioning, convolutional projections.
 
     One layer per block keeps it at ~4M parameters and ~350 modules: small on disk, and a tiny
     model on a GPU is bound by kernel launches, so depth costs time more than width does.
@@ -169,11 +178,13 @@ def make_unet(seed: int):
         attention_head_dim=(2, 3, 3),
         transformer_layers_per_block=1,
         norm_num_groups=32,
-        use_linear_projection=True,
         cross_attention_dim=2 * TEXT_HIDDEN,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_EMBED_DIM,
-        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_PROJECTION,
+        **(dict(use_linear_projection=False) if family == "sd1" else dict(
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=TIME_EMBED_DIM,
+            projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_PROJECTION,
+        )),
     )
 
 
@@ -402,17 +413,21 @@ def latent_scale(means: torch.Tensor, stds: torch.Tensor, generator: torch.Gener
 
 
 @torch.no_grad()
-def encode_captions(tokenizer, text_encoders, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(embeds (C, 77, 128), pooled (C, 64)) for `caption_variants()`, through `sliders.models`.
+def encode_captions(tokenizer, text_encoders, device: torch.device, family: str = "sdxl"
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(embeds (C, 77, 128), pooled (C, 64), None for sd1) for `caption_variants()`, through the
+    family's own prompt encoding (`sliders.families`).
 
-    Going through the package's own `encode_prompts` guarantees training sees exactly the
-    conditioning that slider training and the SDXL pipeline compute at use time.
+    Going through the package's own encoding guarantees training sees exactly the conditioning that
+    slider training and the pipeline compute at use time.
     """
-    from sliders.models import encode_prompts
+    from sliders.families import family_named
 
     captions = caption_variants()
-    table = encode_prompts([tokenizer, tokenizer], text_encoders, captions)
+    table = family_named(family).encode_prompts([tokenizer] * len(text_encoders), text_encoders, captions)
     embeds = torch.stack([table[c][0] for c in captions]).to(device)
+    if table[captions[0]][1] is None:
+        return embeds, None
     pooled = torch.stack([table[c][1] for c in captions]).to(device)
     return embeds, pooled
 
@@ -469,12 +484,8 @@ def train_unet(
         noise = torch.randn(latents.shape, generator=generator, device=device)
         a = alpha_bar[t][:, None, None, None]
         noisy = a.sqrt() * latents + (1.0 - a).sqrt() * noise
-        prediction = unet(
-            noisy,
-            t,
-            encoder_hidden_states=embeds[caption],
-            added_cond_kwargs={"text_embeds": pooled[caption], "time_ids": time_ids},
-        ).sample
+        added = None if pooled is None else {"text_embeds": pooled[caption], "time_ids": time_ids}
+        prediction = unet(noisy, t, encoder_hidden_states=embeds[caption], added_cond_kwargs=added).sample
         per_item = ((prediction.float() - noise) ** 2).mean(dim=(1, 2, 3))
         loss = (weight[t] * per_item).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -553,6 +564,8 @@ def build_shapes_model(
     save_dtype: str = "fp16",
     overwrite: bool = False,
     log_every: int = 100,
+    family: str = "sdxl",
+    vae_from: str | Path | None = None,
 ) -> Path:
     """Train the shapes model and save it as a diffusers SDXL folder at `out_dir`; returns the path.
 
@@ -560,9 +573,10 @@ def build_shapes_model(
     the same ops and seeds, but cuDNN and atomics may differ between runs, and a `time_budget_s`
     fits the UNet step count to the measured speed. `pool_size` caps the rendered scenes; the pool
     is never larger than the samples training draws. `save_dtype` "fp16" halves the folder
-    (about 11 MB); it loads in float32 through `load_pipeline`.
+    (about 11 MB); it loads in float32 through `load_pipeline`. `family` is `sdxl` or `sd1`;
+    `vae_from` (a shapes model folder) reuses its autoencoder and scale instead of training one.
     """
-    from diffusers import StableDiffusionXLPipeline
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     from sliders.models import parse_device
 
@@ -571,6 +585,8 @@ def build_shapes_model(
     for value, what in ((vae_steps, "vae_steps"), (unet_steps, "unet_steps"), (batch_size, "batch_size"),
                         (vae_batch_size, "vae_batch_size"), (pool_size, "pool_size"), (log_every, "log_every")):
         _check_count(value, what)
+    if family not in ("sdxl", "sd1"):
+        raise InputError(f"family must be sdxl or sd1, got {family!r}")
     if save_dtype not in ("fp16", "fp32"):
         raise InputError(f"save_dtype must be fp16 or fp32, got {save_dtype!r}")
     out_dir = Path(out_dir).expanduser()
@@ -598,9 +614,11 @@ def build_shapes_model(
 
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = make_tokenizer(Path(folder))
-    text_encoders = make_text_encoders(len(tokenizer), seed + 1)
+    text_encoders = make_text_encoders(len(tokenizer), seed + 1, family)
     vae = make_vae(seed + 3).to(device)
-    unet = make_unet(seed + 4).to(device)
+    if vae_from is not None:
+        vae = AutoencoderKL.from_pretrained(str(vae_from), subfolder="vae", torch_dtype=torch.float32).to(device)
+    unet = make_unet(seed + 4, family).to(device)
     for encoder in text_encoders:
         encoder.requires_grad_(False)
         if save_dtype == "fp16":
@@ -611,17 +629,20 @@ def build_shapes_model(
                     param.copy_(param.half().float())
 
     phase = time.perf_counter()
-    vae_history = train_vae(vae, pool, steps=vae_steps, batch_size=vae_batch_size, lr=vae_lr,
-                            kl_weight=kl_weight, generator=generator, log_every=log_every)
+    vae_history = [] if vae_from is not None else train_vae(
+        vae, pool, steps=vae_steps, batch_size=vae_batch_size, lr=vae_lr, kl_weight=kl_weight, generator=generator,
+        log_every=log_every)
     vae.requires_grad_(False)
     timings["vae_s"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
     means, stds = encode_pool(vae, pool)
     scale, latent_stats = latent_scale(means, stds, generator)
-    vae.register_to_config(scaling_factor=scale)
+    if vae_from is None:
+        vae.register_to_config(scaling_factor=scale)
+    scale = vae.config.scaling_factor  # a reused autoencoder keeps the scale its latents were measured with
     logger.info("latent std %.4f -> scaling_factor %.4f", latent_stats["std"], scale)
-    embeds, pooled = encode_captions(tokenizer, [e.to(device) for e in text_encoders], device)
+    embeds, pooled = encode_captions(tokenizer, [e.to(device) for e in text_encoders], device, family)
     timings["encode_s"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
@@ -641,18 +662,24 @@ def build_shapes_model(
         module.cpu()
         if storage == torch.float16:
             module.half()
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoders[0],
-        text_encoder_2=text_encoders[1],
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=unet,
-        scheduler=make_scheduler(),
-        # Training dropped captions to the encoded "", not to zeros: keep the empty negative
-        # prompt encoded so classifier-free guidance uses what the model learned.
-        force_zeros_for_empty_prompt=False,
-    )
+    if family == "sd1":
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoders[0], tokenizer=tokenizer, unet=unet, scheduler=make_scheduler(),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+    else:
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoders[0],
+            text_encoder_2=text_encoders[1],
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=make_scheduler(),
+            # Training dropped captions to the encoded "", not to zeros: keep the empty negative
+            # prompt encoded so classifier-free guidance uses what the model learned.
+            force_zeros_for_empty_prompt=False,
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
@@ -660,6 +687,8 @@ def build_shapes_model(
         timings["save_s"] = time.perf_counter() - phase
         timings["total_s"] = time.perf_counter() - started
         record = {
+            "family": family,
+            "vae_from": None if vae_from is None else Path(vae_from).name,
             "seed": seed,
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -686,11 +715,11 @@ def build_shapes_model(
             },
             "vae_losses": vae_history,
             "unet_losses": unet_history,
-            "final_vae_loss": vae_history[-1]["loss"],
+            "final_vae_loss": vae_history[-1]["loss"] if vae_history else None,
             "final_unet_loss": unet_history[-1]["loss"],
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "ms_per_step": {
-                "vae": round(1e3 * timings["vae_s"] / vae_steps, 2),
+                "vae": round(1e3 * timings["vae_s"] / vae_steps, 2) if vae_history else None,
                 "unet": round(1e3 * timings["unet_s"] / unet_run, 2),
             },
             "versions": _versions(),
@@ -723,6 +752,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--save-dtype", choices=("fp16", "fp32"), default="fp16")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
     parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--family", choices=("sdxl", "sd1"), default="sdxl", help="architecture (default sdxl)")
+    parser.add_argument("--vae-from", help="reuse the autoencoder of this shapes model folder (no VAE training)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -730,14 +761,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out, seed=args.seed, device=args.device, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
             batch_size=args.batch_size, vae_batch_size=args.vae_batch_size, lr=args.lr, vae_lr=args.vae_lr,
             kl_weight=args.kl_weight, pool_size=args.pool_size, time_budget_s=args.time_budget,
-            save_dtype=args.save_dtype, overwrite=args.overwrite, log_every=args.log_every,
+            save_dtype=args.save_dtype, overwrite=args.overwrite, log_every=args.log_every, family=args.family,
+            vae_from=args.vae_from,
         )
     except InputError as error:
         print(f"error: {error}")
         return 2
     record = json.loads((out / "BUILD.json").read_text(encoding="utf-8"))
     print(
-        f"saved {out}: vae loss {record['final_vae_loss']:.5f}, unet loss {record['final_unet_loss']:.5f} "
+        f"saved {out}: vae loss {record['final_vae_loss'] or 0:.5f}, unet loss {record['final_unet_loss']:.5f} "
         f"after {record['unet_steps']} steps, {record['timings_s']['total_s']:.0f} s on {record['device']}"
     )
     return 0
