@@ -162,6 +162,17 @@ def test_trained_sliders_edit_a_real_image(trained, images, tmp_path, capsys):
     assert len(report["images"]) == 1 and (out / "grid.png").is_file()
 
 
+def test_trained_sliders_are_measured_by_sliders_eval(trained, tmp_path):
+    from sliders.cli import eval_main
+
+    _, _, text, image = trained
+    out = tmp_path / "eval"
+    assert eval_main(["--slider", str(text), "--slider", f"{image}:0,1", "--scales=-1,0,1", "--prompt", "circle",
+                      "--seeds", "0", "--steps", "2", "--output", str(out), "--device", "cpu"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["rows"]) == 6 and report["settings"]["start_noise"] == 850.0  # the SD 1.x/2.x default
+
+
 def test_sliders_load_in_diffusers_as_they_run_here(trained, tmp_path, sliders_home):
     pytest.importorskip("peft")
     from diffusers import StableDiffusionPipeline

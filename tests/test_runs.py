@@ -67,13 +67,14 @@ def _stop_at(monkeypatch, call, action):
 ITERATIONS = ["--iterations", "4", "--device", "cpu", "--seed", "5"]
 
 
-@pytest.mark.parametrize("reuse", [1, 3])
-def test_killed_run_resumes_to_the_same_slider_tensor_for_tensor(tmp_path, monkeypatch, reuse):
+@pytest.mark.parametrize("reuse, model", [(1, "builtin:tiny-sdxl"), (3, "builtin:tiny-sdxl"), (3, "builtin:tiny-sd2v")])
+def test_killed_run_resumes_to_the_same_slider_tensor_for_tensor(tmp_path, monkeypatch, reuse, model):
     """Killed after the step-2 checkpoint (per_steps 2): --resume continues from step 2 and ends with
-    exactly the slider of a run that never stopped, also with queued trajectories (trajectory_reuse 3)."""
+    exactly the slider of a run that never stopped, also with queued trajectories (trajectory_reuse 3),
+    and on an SD 2.x v-prediction model (no added time ids in the queued points)."""
     config = _config(tmp_path, trajectory_reuse=reuse)
     per2 = tmp_path / "per2.yaml"
-    per2.write_text(config.read_text().replace("per_steps: 1", "per_steps: 2"))
+    per2.write_text(config.read_text().replace("per_steps: 1", "per_steps: 2").replace("builtin:tiny-sdxl", model))
     common = ["--config", str(per2), *ITERATIONS]
     assert train_main(common + ["--name", "whole"]) == 0
     whole = _tensors(tmp_path / "models" / "whole_alpha1.0_rank2_noxattn" / "whole_last.safetensors")

@@ -1,16 +1,22 @@
-"""The shipped shapes-world model: it loads like SDXL weights and draws what its captions say."""
+"""The shipped shapes-world models (SDXL and SD 1.x architecture): they load like real weights of
+their family and draw what their captions say."""
 
 import json
 
+import pytest
 import torch
 
-from sliders.models import SHAPES_MODEL_DIR, load_pipeline
+from sliders.families import family_of_pipe
+from sliders.models import SHAPES_MODEL_DIR, SHAPES_SD1_MODEL_DIR, load_pipeline
 from sliders.shapes.measure import measure
 
+MODELS = {"builtin:shapes": ("sdxl", SHAPES_MODEL_DIR), "builtin:shapes-sd1": ("sd1", SHAPES_SD1_MODEL_DIR)}
 
-def test_shipped_model_follows_colour_shape_and_size_words():
-    pipe = load_pipeline("builtin:shapes")
-    assert pipe.unet.config.addition_embed_type == "text_time"
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_shipped_model_follows_colour_shape_and_size_words(model):
+    pipe = load_pipeline(model)
+    assert family_of_pipe(pipe).name == MODELS[model][0]
     pipe.set_progress_bar_config(disable=True)
     captions = ["a small red circle", "a large blue square", "a medium green triangle", "a large yellow circle",
                 "a small yellow triangle", "a large green square"]
@@ -24,8 +30,10 @@ def test_shipped_model_follows_colour_shape_and_size_words():
     assert max(small) < min(large)
 
 
-def test_shipped_model_records_how_it_was_built():
-    record = json.loads((SHAPES_MODEL_DIR / "BUILD.json").read_text())
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_shipped_model_records_how_it_was_built(model):
+    folder = MODELS[model][1]
+    record = json.loads((folder / "BUILD.json").read_text())
     assert record["seed"] == 0 and record["unet_steps"] > 0 and record["final_unet_loss"] < 0.05
-    weights = sum(p.stat().st_size for p in SHAPES_MODEL_DIR.rglob("*.safetensors"))
+    weights = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
     assert weights < 15 * 2**20
