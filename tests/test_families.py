@@ -375,3 +375,26 @@ def test_official_sd1_config_and_shims_run(tmp_path, images, sliders_home):
     for name in ("t", "i"):
         _, metadata = read_slider_file(tmp_path / "models" / f"{name}_alpha1.0_rank2_noxattn" / f"{name}_last.safetensors")
         assert metadata["sliders_family"] == "sd1"
+
+
+@pytest.mark.parametrize("steps, guidance", [(1, 0.0), (4, 1.0)])
+def test_few_step_v_prediction_edits_and_exports(steps, guidance, images, tmp_path, capsys, sliders_home):
+    """sliders-edit and sliders-export on a few-step schedule (trailing, v-prediction, zero terminal
+    SNR): the edit runs and reconstructs at scale 0; the export's snippet names the step count."""
+    pipe = _few_step_pipe()
+    network = SliderNetwork.create(pipe.unet, network_type="c3lier", training_method="noxattn", rank=2, alpha=1)
+    with torch.no_grad():
+        for module in network.loras.values():
+            module.lora_up.weight.normal_(0, 0.05)
+    slider = network.save(tmp_path / "s.safetensors", {"sliders_base_model": "builtin:tiny-sdxl-vpred",
+                                                       "sliders_resolution": "64"})
+    out = tmp_path / "edits"
+    assert edit_main(["--image", str(images / "low" / "x.png"), "--slider", f"{slider}:-1,0,1", "--steps", str(steps),
+                      "--guidance_scale", str(guidance), "--start_noise", "800", "--output", str(out),
+                      "--device", "cpu"]) == 0
+    report = json.loads((out / "edits.json").read_text())
+    row = report["images"][0]
+    assert np.isfinite(row["psnr_scale0_db"]) and row["psnr_scale0_db"] >= row["psnr_vae_db"] - 0.5
+    capsys.readouterr()
+    assert export_main([str(slider), "--ui", "diffusers", "--steps", str(steps)]) == 0
+    assert f"STEPS = {steps}" in capsys.readouterr().out
