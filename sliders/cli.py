@@ -405,6 +405,9 @@ def _eval(argv: Sequence[str] | None) -> int:
     edits.add_argument("--edit_scenes", type=int, metavar="N",
                        help="measure edits of N rendered scenes instead of generated images (their captions are the prompts)")
     edits.add_argument("--scene_seed", type=int, default=0, help="seed of the rendered scenes (default 0)")
+    edits.add_argument("--scene_style", default="world",
+                       help="world (drawn as the model was trained; default), ood (cycling through dark, tinted, "
+                            "noise, blur, edge: inputs unlike the training data) or one of those styles")
     edits.add_argument("--inversion", default=DEFAULT_INVERSION, choices=INVERSIONS,
                        help=f"how the scenes are inverted (default {DEFAULT_INVERSION})")
     edits.add_argument("--null_text_iterations", type=int, default=NULL_TEXT_ITERATIONS,
@@ -457,7 +460,8 @@ def _eval_edits(args: argparse.Namespace) -> int:
     kwargs = _generation_kwargs(args)
     kwargs.pop("fused")
     paths = run_edit_evaluation(
-        args.slider, args.scales, scenes=args.edit_scenes, scene_seed=args.scene_seed, method=args.inversion,
+        args.slider, args.scales, scenes=args.edit_scenes, scene_seed=args.scene_seed,
+        scene_style=args.scene_style, method=args.inversion,
         null_text_iterations=args.null_text_iterations, measurer=args.measurer, target=args.target,
         baseline_replace=args.baseline_replace, images=args.save_images, **kwargs,
     )

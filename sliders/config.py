@@ -48,7 +48,7 @@ OPTIMIZERS = (
 )
 # How slider files name their layers (sliders/formats.py writes and reads each).
 KEY_FORMATS = ("kohya", "diffusers", "peft")
-FAMILY_NAMES = ("sdxl", "sd1", "sd2")  # the model families of sliders.families, in its order
+FAMILY_NAMES = ("sdxl", "sd1", "sd2", "flux")  # the model families of sliders.families, in its order
 LR_SCHEDULERS = ("constant", "cosine", "cosine_with_restarts", "step", "linear")
 # Bounds of values that pass as numbers but would fail (or fill the disk) only after the model loads.
 MAX_RANK = 1024
@@ -68,8 +68,8 @@ XK_SPACINGS = ("late", "even")
 FAST_XK_MAX_STEPS = 4
 # sliders-edit: how real images are inverted (sliders.editing), and its defaults (the official
 # notebook's: switch at 500, 50 DDIM steps, guidance 7.5, 10 null-text iterations per step).
-INVERSIONS = ("direct", "null-text", "negative-prompt", "ddim")
-DEFAULT_INVERSION = "direct"
+INVERSIONS = ("direct", "null-text", "negative-prompt", "ddim", "guarded")
+DEFAULT_INVERSION = "guarded"  # direct, falling back to no corrections for inputs the model cannot draw
 EDIT_START_NOISE = 500
 EDIT_STEPS = 50
 EDIT_GUIDANCE = 7.5
@@ -125,6 +125,10 @@ class TrainConfig:
     trajectory_reuse: int = 1  # one partial-denoising trajectory supplies x_k for this many steps
     gradient_checkpointing: bool = False  # recompute UNet activations in the slider's backward
     compile: bool = False  # torch.compile the UNet for the no-grad calls (partial denoising, frozen)
+    # FLUX (flow-matching families) only:
+    flow_steps: int | None = None  # partial-denoising schedule length; None: the family's sampling steps (30)
+    flow_guidance: float | None = None  # guidance embedding when training; None: the family's sampling value (3.5)
+    flow_target_rescale: bool = False  # rescale the target to the positive prediction's norm (official code)
 
 
 @dataclass(frozen=True)
@@ -359,6 +363,11 @@ def _check(config: Config) -> Config:
     at_most("train.lr", train.lr, 1.0, "slider learning rates are around 1e-4; adaptive optimizers use 1.0")
     at_most("train.max_denoising_steps", train.max_denoising_steps, MAX_TIMESTEPS,
             f"the noise schedule has {MAX_TIMESTEPS} steps")
+    if train.flow_steps is not None and not 2 <= train.flow_steps <= MAX_TIMESTEPS:
+        raise InputError(f"config key 'train.flow_steps' is {train.flow_steps}; use 2 to {MAX_TIMESTEPS} (FLUX-dev "
+                         "samples in 30 steps, schnell in 4)")
+    if train.flow_guidance is not None and not 0 <= train.flow_guidance <= 100:
+        raise InputError(f"config key 'train.flow_guidance' is {train.flow_guidance:g}; use 0 to 100 (FLUX-dev: 3.5)")
     if not 0 <= train.seed < 2**64:
         raise InputError(f"config key 'train.seed' must be a whole number from 0 to 2**64-1, got {train.seed}")
     clip_skip = config.pretrained_model.clip_skip

@@ -262,7 +262,7 @@ def _split_key(key: str, name_map: NameMap) -> tuple[str, str, str, str] | None:
         if part is None:
             return None
         name = layer[len(UNET_PREFIX):]
-        if is_ldm_name(name):
+        if is_ldm_name(name) and name_map is not None:
             return name_map.to_diffusers(name) or f"?{name}", part, "kohya", layer
         return name, part, "diffusers", layer
     for ending, part, naming in _DOTTED_LEAVES:
@@ -272,10 +272,10 @@ def _split_key(key: str, name_map: NameMap) -> tuple[str, str, str, str] | None:
     else:
         return None
     layer = path
-    for prefix in ("base_model.model.", "unet."):
+    for prefix in ("base_model.model.", "unet.", "transformer."):
         if path.startswith(prefix):
             path = path[len(prefix):]
-    if path.startswith("diffusion_model."):
+    if path.startswith("diffusion_model.") and name_map is not None:
         name = path[len("diffusion_model."):].replace(".", "_")
         return name_map.to_diffusers(name) or f"?{name}", part, "ldm", layer
     if naming is None:  # an '.alpha' beside dotted weights: the naming of its weights decides
@@ -315,7 +315,7 @@ def parse_tensors(
     `config` is the UNet config that places LDM names; `where` names the file in messages. A key of
     no known naming is an InputError; text-encoder keys are counted, not returned.
     """
-    name_map = NameMap(config)
+    name_map = NameMap(config) if "down_block_types" in config else None  # None: a transformer (FLUX), no LDM map
     layers: dict[str, LayerWeights] = {}
     counts: dict[str, int] = {}
     text_encoder: set[str] = set()

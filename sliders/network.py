@@ -29,7 +29,9 @@ from torch.nn import functional as F
 from . import __version__
 from .config import NETWORK_TYPES, TRAINING_METHODS
 from .errors import InputError
-from .families import detect_family
+from .families import FLUX, detect_family
+from .families.flux import kohya_tensors as flux_kohya_tensors
+from .families.flux import split_kohya as flux_split_kohya
 from .files import atomic_tensor_path
 from .formats import (
     DEFAULT_KEY_FORMAT,
@@ -158,8 +160,10 @@ def _last_mid_resnet(unet: nn.Module) -> str | None:
     return f"mid_block.resnets.{len(resnets) - 1}"
 
 
-def select_targets(unet: nn.Module, network_type: str, training_method: str) -> list[tuple[str, nn.Module]]:
+def select_targets(unet: nn.Module, network_type: str, training_method: str, *, check_only: bool = False
+                   ) -> list[tuple[str, nn.Module]]:
     """The (dotted name, layer) pairs a network of this type and method wraps; pure, in UNet order.
+    `check_only` validates the names and selects nothing (FLUX's layers are `FluxFamily.target_modules`).
 
     `lierla`: to_q/to_k/to_v/to_out.0 of every attention module. `c3lier` adds conv1, conv2,
     conv_shortcut, time_emb_proj of resnet blocks and the conv of down/up-samplers.
@@ -170,6 +174,8 @@ def select_targets(unet: nn.Module, network_type: str, training_method: str) -> 
         raise InputError(
             f"training method {training_method!r} is unknown; choose one of {', '.join(TRAINING_METHODS)}"
         )
+    if check_only:
+        return []
     last_mid = _last_mid_resnet(unet)
     targets: list[tuple[str, nn.Module]] = []
     for block_name, block in unet.named_modules():
@@ -261,7 +267,11 @@ class SliderNetwork(nn.Module):
     def create(
         cls, unet: nn.Module, *, network_type: str, training_method: str, rank: int, alpha: float | None
     ) -> "SliderNetwork":
-        targets = select_targets(unet, network_type, training_method)
+        if FLUX.claims(unet_config(unet)):
+            select_targets(unet, network_type, training_method, check_only=True)
+            targets = FLUX.target_modules(unet, network_type, training_method)
+        else:
+            targets = select_targets(unet, network_type, training_method)
         return cls(unet, targets, rank, alpha, network_type=network_type, training_method=training_method)
 
     @property
@@ -353,6 +363,8 @@ class SliderNetwork(nn.Module):
         """
         check_key_format(key_format)
         config = unet_config(self._unet_ref[0])
+        if FLUX.claims(config):
+            return self._flux_state_dict(key_format, dtype)
         name_map = NameMap(config)
         if key_format == "kohya" and not detect_family(config).kohya_ldm_names:
             key_format = "diffusers"  # kohya names SD 1.x/2.x layers by their diffusers paths
@@ -366,6 +378,24 @@ class SliderNetwork(nn.Module):
             tensors[up_key] = up.to("cpu", dtype).contiguous()
             if alpha_key is not None:
                 tensors[alpha_key] = module.alpha.detach().to("cpu", dtype)
+        return tensors
+
+    def _flux_state_dict(self, key_format: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """FLUX: kohya's fused BFL naming, diffusers-path kohya keys, or `transformer.` PEFT keys."""
+        if key_format == "kohya":
+            by_path = {self._dotted[key]: module for key, module in self.loras.items()}
+            return flux_kohya_tensors(self._unet_ref[0], by_path, dtype)[0]
+        tensors = {}
+        for key, module in self.loras.items():
+            dotted = self._dotted[key]
+            up = module.lora_up.weight.detach().float()
+            if key_format == "peft":
+                tensors[f"transformer.{dotted}.lora_A.weight"] = module.lora_down.weight.detach().to("cpu", dtype).contiguous()
+                tensors[f"transformer.{dotted}.lora_B.weight"] = (up * module.scale).to("cpu", dtype).contiguous()
+            else:
+                tensors[f"{key}.lora_down.weight"] = module.lora_down.weight.detach().to("cpu", dtype).contiguous()
+                tensors[f"{key}.lora_up.weight"] = up.to("cpu", dtype).contiguous()
+                tensors[f"{key}.alpha"] = module.alpha.detach().to("cpu", dtype)
         return tensors
 
     def state_dict_kohya(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -408,6 +438,9 @@ class SliderNetwork(nn.Module):
             "sliders_unet_config": json.dumps(unet_config(self._unet_ref[0]), default=str),
             "sliders_family": detect_family(unet_config(self._unet_ref[0])).name,
         }
+        if key_format == "kohya" and FLUX.claims(unet_config(self._unet_ref[0])):
+            by_path = {self._dotted[key]: module for key, module in self.loras.items()}
+            meta["sliders_fused_parts"] = flux_kohya_tensors(self._unet_ref[0], by_path, torch.float32)[1]
         meta.pop("lora_adapter_metadata", None)  # a source file's PEFT alphas are in the tensors now
         meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -469,6 +502,32 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in data.items()}
 
 
+def _unfuse_flux(tensors: dict[str, torch.Tensor], metadata: Mapping[str, str], model: nn.Module, path: Path
+                 ) -> dict[str, torch.Tensor]:
+    """A FLUX file's kohya fused-layer keys (`lora_unet_double_blocks_0_img_attn_qkv`) as one diffusers-path
+    key set per part (`sliders.families.flux.split_kohya`); other keys are kept as they are."""
+    fused = [k for k in tensors if k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_"))]
+    if not fused:
+        return tensors
+    try:
+        recorded = json.loads(metadata.get("sliders_fused_parts", "null"))
+    except json.JSONDecodeError:
+        recorded = None
+    parts = flux_split_kohya(tensors, model, recorded)
+    known = {f"{part['key']}.{leaf}" for part in parts.values() for leaf in ("lora_down.weight", "lora_up.weight", "alpha")}
+    unknown = [k for k in fused if k not in known]
+    if unknown:
+        raise InputError(f"slider file '{path}' (kohya FLUX naming) has key '{unknown[0]}', which this FLUX model "
+                         "lacks or sliders does not adapt; load it with the base model it was trained on")
+    out = {k: v for k, v in tensors.items() if k not in set(fused)}
+    for dotted, part in parts.items():
+        key = lora_name(dotted)
+        out[f"{key}.lora_down.weight"] = part["down"]
+        out[f"{key}.lora_up.weight"] = part["up"]
+        out[f"{key}.alpha"] = torch.tensor(part["alpha"])
+    return out
+
+
 def load_slider(
     path: str | Path, unet: nn.Module, *, attach: bool = True, base: str = "this base model",
     fix: str = "load it with the base model it was trained on",
@@ -485,6 +544,8 @@ def load_slider(
     """
     path = Path(path)
     tensors, metadata = contents if contents is not None else read_slider_file(path)
+    if FLUX.claims(unet_config(unet)):
+        tensors = _unfuse_flux(tensors, metadata, unet, path)
     parsed = parse_tensors(tensors, metadata, unet_config(unet), f"slider file '{path}'")
     if not parsed.layers:
         extra = f" (only {parsed.text_encoder_layers} text-encoder layers)" if parsed.text_encoder_layers else ""

@@ -32,7 +32,7 @@ from .config import PRECISION_ALIASES
 from .distributed import SINGLE, Processes
 from .distributed import start as start_processes
 from .errors import InputError, Interrupted, OutputError, Terminated
-from .families import SDXL, check_family, family_of_slider, family_of_source
+from .families import SDXL, check_family, family_of_pipe, family_of_slider, family_of_source
 from .files import atomic_path
 # Also imported from here by callers older than `grids`, hence the names this module does not use.
 from .grids import ROW_LABEL_WIDTH, combination_label, drawable, make_grid  # noqa: F401
@@ -347,10 +347,20 @@ def generate(
     _check_size(height, width, factor)
 
     pipe.set_progress_bar_config(disable=True)
-    channels = pipe.unet.config.in_channels
-    first = _first_timestep(pipe.scheduler, steps)
+    family = family_of_pipe(pipe)
+    model = family.denoiser(pipe)
+    channels = model.config.in_channels
+    if family.flow_matching:
+        # FLUX: the pipeline's sigmas start at 1 whatever their shift, so the first timestep is 1000; the
+        # switch reads the flow schedule's own timesteps (sigma * 1000). Latents are 2x2-packed tokens.
+        from .families.flux import pack
+
+        channels //= 4
+        first = float(pipe.scheduler.config.num_train_timesteps)
+    else:
+        first = _first_timestep(pipe.scheduler, steps)
     combinations = list(itertools.product(*lists))
-    dtype = pipe.unet.dtype
+    dtype = model.dtype
     # An empty negative prompt is passed as None: SDXL then uses zero embeddings
     # (force_zeros_for_empty_prompt), as a plain pipeline call without one does.
     negative = negative_prompt or None
@@ -375,13 +385,19 @@ def generate(
                         _switch(sliders, multipliers_at(first, scales, start_noise_value), fuse)
                         text = dict(encoded[prompt]) if encoded is not None else {
                             "prompt": prompt, "negative_prompt": negative}
+                        start = latents.clone()
+                        if family.flow_matching:  # no negative prompt (no CFG); packed latents
+                            text.pop("negative_prompt", None)
+                            if encoded is None:
+                                text["max_sequence_length"] = family.sequence_length(pipe)
+                            start = pack(start)
                         result = pipe(
                             **text,
                             num_inference_steps=steps,
                             guidance_scale=guidance,
                             # The pipeline moves latents to its execution device itself (which also
                             # works with CPU offload); only the dtype must match the UNet's.
-                            latents=latents.clone().to(dtype=dtype),
+                            latents=start.to(dtype=dtype),
                             # Stochastic schedulers draw noise each step; a fresh generator per image
                             # keeps that noise identical across scales too.
                             generator=torch.Generator("cpu").manual_seed(seed),
@@ -657,7 +673,7 @@ def loaded(plan: RunPlan, *, loader: Callable | None = None) -> Iterator[tuple[A
     sliders: list[SliderNetwork] = []
     try:
         for spec in plan.specs:
-            sliders.append(load_slider(spec.path, pipe.unet, attach=True, base=f"base model '{plan.model}'",
+            sliders.append(load_slider(spec.path, family_of_pipe(pipe).denoiser(pipe), attach=True, base=f"base model '{plan.model}'",
                                        fix="pass --pretrained_model with the base model the slider was trained on"))
             logger.info("attached slider %s (%d layers)", spec.path, len(sliders[-1].loras))
         yield pipe, sliders

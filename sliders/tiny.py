@@ -14,6 +14,11 @@ SD 1.x and 2.x: one CLIP text encoder, a UNet without added conditioning, the sc
 counterparts ship (PNDM for SD 1.5, DDIM v-prediction for SD 2.1). The SD 2 one has what tells the
 families apart in real weights: linear projections in the UNet's transformers and a `gelu` text
 encoder (OpenCLIP) where SD 1.x has `quick_gelu` (OpenAI CLIP).
+
+`builtin:tiny-flux` is FLUX.1-dev-shaped: a FluxTransformer2DModel (two double-stream and two
+single-stream blocks, guidance embedding), a CLIP text encoder for the pooled vector, a T5 encoder
+for the sequence (its Unigram tokenizer is written locally, like the CLIP one), a 16-channel KL
+autoencoder and FLUX-dev's flow-matching Euler scheduler (dynamic shift).
 """
 
 from __future__ import annotations
@@ -219,11 +224,69 @@ def build_tiny_sd_pipeline(v2: bool = False, words: Iterable[str] = DEFAULT_WORD
     )
 
 
+def _t5_tokenizer(words: Iterable[str], model_max_length: int = 32):
+    """A T5 tokenizer (Unigram, sentencepiece-style `▁` word starts) whose vocabulary is the letters plus
+    the given whole words; other text encodes letter by letter. Built with the tokenizers library: no download."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!'-")
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    pieces += [("▁" + w, -1.0) for w in dict.fromkeys(w.lower() for w in words)] + [(c, -5.0) for c in letters]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save(f"{folder}/tokenizer.json")
+        return T5TokenizerFast(tokenizer_file=f"{folder}/tokenizer.json", eos_token="</s>", unk_token="<unk>",
+                               pad_token="<pad>", extra_ids=0, model_max_length=model_max_length)
+
+
+def build_tiny_flux_pipeline(words: Iterable[str] = DEFAULT_WORDS, seed: int = 0):
+    """A FluxPipeline with tiny random weights, FLUX.1-dev-shaped (guidance embedding, dynamic-shift
+    flow-matching schedule), deterministic from `seed`."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer = _tokenizer(words)
+    tokenizer_2 = _t5_tokenizer(words)
+    torch.manual_seed(seed)
+    # Rotary axes must sum to the head dim; in_channels = 16 latent channels x 2x2 patches.
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), latent_channels=16, norm_num_groups=16,
+        sample_size=64, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    ))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
+
+
 TINY_BUILDERS = {
     "tiny-sdxl": lambda: build_tiny_pipeline(),
     "tiny-sdxl-vpred": lambda: build_tiny_pipeline(v_pred=True),
     "tiny-sd1": lambda: build_tiny_sd_pipeline(v2=False),
     "tiny-sd2v": lambda: build_tiny_sd_pipeline(v2=True),
+    "tiny-flux": lambda: build_tiny_flux_pipeline(),
 }
 
 

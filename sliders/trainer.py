@@ -37,7 +37,7 @@ from .errors import InputError, Interrupted, Terminated, TrainingError
 from .families import SDXL, Family, family_of_pipe
 from .models import DTYPES, load_pipeline, make_scheduler, predict_noise, prediction_of, vae_factor
 from .network import SliderNetwork
-from .objectives import ImageObjective, TextObjective, image_prompts
+from .objectives import FlowImageObjective, FlowTextObjective, ImageObjective, TextObjective, image_prompts
 from .previews import Previews, encode_preview_prompts, make_previews, preview_path
 from .prompts import PromptEntry, distinct_prompts
 from .runs import RunFolder, ResumePoint, checkpoint_path, prepare_run_folder, read_state, state_paths, write_state
@@ -238,11 +238,14 @@ def setup(
     embeddings = family.encode_prompts(tokenizers, encoders, prompts, model.clip_skip)
     preview_prompts = tuple(config.sample.prompts) or tuple(preview_prompts)
     preview_text = None
+    if config.sample.every and family.flow_matching:
+        raise InputError("config key 'sample.every' (previews while training) is not available for FLUX yet; "
+                         "set it to 0 and sample the saved slider with sliders-sample")
     if config.sample.every:  # encoded now, while the text encoders are on the device
         preview_text = encode_preview_prompts(pipe, preview_prompts, device, config.pretrained_model.clip_skip)
     for encoder in encoders:
         encoder.to("cpu")  # the text encoders are not needed again: free the device
-    unet = pipe.unet.to(device).requires_grad_(False).eval()
+    unet = family.denoiser(pipe).to(device).requires_grad_(False).eval()
     if config.train.gradient_checkpointing:
         # Recompute the UNet's activations during the slider's backward instead of keeping them: less
         # memory at 1024 px for more compute; the same gradients (the backward runs inside the
@@ -260,7 +263,10 @@ def setup(
         rank=config.network.rank,
         alpha=config.network.alpha,
     ).attach()
-    scheduler = make_scheduler(config.train.noise_scheduler, *prediction_of(pipe.scheduler, model.v_pred))
+    if family.flow_matching:  # the model's own flow-matching schedule; train.noise_scheduler is for UNets
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    else:
+        scheduler = make_scheduler(config.train.noise_scheduler, *prediction_of(pipe.scheduler, model.v_pred))
     logger.info("slider on %d layers, %d parameters", len(network.loras), sum(p.numel() for p in network.parameters()))
     previews = make_previews(config.sample, pipe, unet, network, preview_prompts, resolution, device,
                              encoded=preview_text, name=config.save.name)
@@ -268,11 +274,12 @@ def setup(
 
 
 def slider_metadata(config: Config, resolution: int, prompts: object, parts: Setup) -> dict[str, str]:
-    v_pred = parts.scheduler.config.prediction_type == "v_prediction"
+    prediction = parts.scheduler.config.get("prediction_type", "flow_matching")
+    v_pred = prediction == "v_prediction"
     return {
         "sliders_base_model": config.pretrained_model.name_or_path,
         "sliders_family": parts.family.name,
-        "sliders_prediction_type": parts.scheduler.config.prediction_type,
+        "sliders_prediction_type": prediction,
         "sliders_start_noise": str(parts.family.defaults.start_noise),
         "sliders_resolution": str(resolution),
         "sliders_config": json.dumps(config_to_dict(config)),
@@ -338,7 +345,7 @@ def train_loop(
                 try:
                     terms = objective.step(rng, generator)
                     with stats.phase("slider_forward_backward"):
-                        loss = _train_step(unet, network, terms)
+                        loss = _train_step(unet, network, terms, parts.family)
                 except Exception as error:
                     if not processes.several:
                         raise
@@ -554,12 +561,12 @@ def _save_elsewhere(network: SliderNetwork, stem: str, metadata: dict, save: Sav
     return f"the slider could not be saved anywhere (tried {tempfile.gettempdir()} and {Path.cwd()})"
 
 
-def _train_step(unet, network: SliderNetwork, terms) -> float:
+def _train_step(unet, network: SliderNetwork, terms, family: Family = SDXL) -> float:
     """Slider predictions for each term, MSE to its target, backward inside the multiplier scope."""
     total = 0.0
     for term in terms:
         with network.scaled(term.multiplier):
-            prediction = predict_noise(unet, term.latents, term.timestep, term.cond).float()
+            prediction = family.predict(unet, term.latents, term.timestep, term.cond, term.guidance).float()
             loss = F.mse_loss(prediction, term.target)
             loss.backward()
         total += loss.item()
@@ -570,6 +577,14 @@ def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.d
     """Models, network, text objective and file metadata of a text slider: everything before the loop."""
     parts = setup(config, distinct_prompts(entries), device, keep_vae=False,
                   preview_prompts=[entries[0].target], resolution=entries[0].resolution)
+    if parts.family.flow_matching:
+        objective = FlowTextObjective(
+            entries, parts.embeddings, parts.unet, parts.scheduler, parts.network, parts.family,
+            steps=config.train.flow_steps or parts.family.defaults.steps, factor=vae_factor(parts.vae), device=device,
+            guidance=_flow_guidance(config, parts.family), rescale=config.train.flow_target_rescale,
+            bidirectional=config.train.bidirectional,
+        )
+        return parts, objective, slider_metadata(config, entries[0].resolution, text_prompts_record(entries), parts)
     objective = TextObjective(
         entries,
         parts.embeddings,
@@ -588,6 +603,12 @@ def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.d
         family=parts.family,
     )
     return parts, objective, slider_metadata(config, entries[0].resolution, text_prompts_record(entries), parts)
+
+
+def _flow_guidance(config: Config, family: Family) -> float:
+    """The guidance embedding the frozen and slider predictions are made at (FLUX-dev): `train.flow_guidance`,
+    else the family's sampling value, so the slider is trained where it is used."""
+    return config.train.flow_guidance if config.train.flow_guidance is not None else family.defaults.guidance_scale
 
 
 def text_prompts_record(entries: Sequence[PromptEntry]) -> list[dict]:
@@ -625,6 +646,12 @@ def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, devi
     latents.prepare()
     if config.data.cache_latents:
         parts.vae.to("cpu")
+    if parts.family.flow_matching:
+        objective = FlowImageObjective(pairs, latents, entry, parts.embeddings, parts.scheduler, parts.family,
+                                       steps=config.train.flow_steps or parts.family.defaults.steps, device=device,
+                                       guidance=_flow_guidance(config, parts.family),
+                                       folders_per_step=config.data.folders_per_step)
+        return parts, objective, slider_metadata(config, entry.resolution, image_prompts_record(pairs, entry), parts)
     objective = ImageObjective(
         pairs,
         latents,

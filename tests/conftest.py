@@ -155,3 +155,39 @@ def _write_text_config(folder, **sections):
 def write_text_config():
     """`_write_text_config(folder, prompt=..., network=..., train=..., save=...)` -> the config's path."""
     return _write_text_config
+
+
+def write_image_folders(root, folders=("low", "high", "higher")):
+    """Random 72x64 RGB images "x" and "y" in each of `folders` under `root`: paired image folders."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in folders:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for stem in ("x", "y"):
+            Image.fromarray(rng.integers(0, 255, (72, 64, 3), dtype=np.uint8)).save(root / folder / f"{stem}.png")
+    return root
+
+
+def train_family_sliders(folder, model, images, *, folders="low,high,higher", scales="0.67,1,1.3", network="",
+                         train="  max_denoising_steps: 6\n"):
+    """A text slider ("text") and an image slider ("image") trained for two iterations through the CLI on
+    `model`, saved under `folder/models`; `network` and `train` are YAML lines added to those sections.
+    Returns the two `_last.safetensors` paths."""
+    from sliders.cli import train_images_main, train_main
+
+    prompts = folder / "prompts.yaml"
+    prompts.write_text('- target: "circle"\n  positive: "large circle"\n  unconditional: "small circle"\n'
+                       "  action: enhance\n  guidance_scale: 2\n  resolution: 64\n", encoding="utf-8")
+    config = folder / "config.yaml"
+    config.write_text(f'prompts_file: "{prompts}"\npretrained_model:\n  name_or_path: "{model}"\n'
+                      f"network:\n  rank: 2\n{network}train:\n  precision: fp32\n  iterations: 2\n{train}"
+                      f'save:\n  name: text\n  path: "{folder / "models"}"\n  per_steps: 10\n', encoding="utf-8")
+    assert train_main(["--config", str(config), "--device", "cpu"]) == 0
+    assert train_images_main([
+        "--folder_main", str(images), "--folders", folders, "--scales", scales, "--iterations", "2",
+        "--resolution", "64", "--device", "cpu", "--output_dir", str(folder / "models"), "--pretrained_model", model,
+        "--name", "image", "--rank", "2"]) == 0
+    models = folder / "models"
+    return next(models.glob("text_*/text_last.safetensors")), next(models.glob("image_*/image_last.safetensors"))

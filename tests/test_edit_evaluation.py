@@ -47,7 +47,7 @@ def test_edit_evaluation_reports_the_slider_the_baseline_and_the_reconstruction(
     paths = run_edit_evaluation(slider_file, "-1,0,1", scenes=3, output=out, steps=4, baseline_replace="medium=large",
                                 images=True, device="cpu")
     report = json.loads(paths["json"].read_text())
-    assert report["settings"]["edit"]["inversion"] == "direct" and report["settings"]["start_noise"] == 500
+    assert report["settings"]["edit"]["inversion"] == "guarded" and report["settings"]["start_noise"] == 500
     assert [c["multipliers"] for c in report["combinations"]] == [[-1.0], [0.0], [1.0]]
     assert sum(row["kind"] == "slider" for row in report["rows"]) == 9
     assert report["baseline"]["prompts"][0].startswith("a large ")
@@ -55,7 +55,7 @@ def test_edit_evaluation_reports_the_slider_the_baseline_and_the_reconstruction(
     # Direct inversion: the scale-0 edit is the VAE round trip, to rounding.
     assert reconstruction["psnr_db"]["mean"] == pytest.approx(reconstruction["psnr_vae_db"]["mean"], abs=0.05)
     assert reconstruction["kept"] == {"colour": 1.0, "shape": 1.0}
-    assert "## Reconstruction (direct inversion)" in paths["markdown"].read_text()
+    assert "## Reconstruction (guarded inversion)" in paths["markdown"].read_text()
     assert sorted(p.name for p in (out / "inputs").iterdir()) == ["scene000.png", "scene001.png", "scene002.png"]
     assert len(list((out / "images").iterdir())) == 9 and paths["grid"].is_file()
 

@@ -309,10 +309,11 @@ def test_run_editing_writes_every_edit_a_grid_with_the_input_first_and_a_report(
     first = np.asarray(grid.crop((sampling.ROW_LABEL_WIDTH, band, sampling.ROW_LABEL_WIDTH + SIZE, band + SIZE)))
     assert np.array_equal(first, np.asarray(run.results[0].image.image))
     report = json.loads(run.report.read_text())
-    assert report["settings"]["inversion"] == "direct" and report["settings"]["prompts"] == ["", ""]
+    assert report["settings"]["inversion"] == "guarded" and report["settings"]["prompts"] == ["", ""]
     assert [row["name"] for row in report["images"]] == ["photo", "photo_2"]
     assert report["images"][0]["time_ids"] == [64, 80, 0, 8, 64, 64]
-    assert report["images"][0]["psnr_scale0_db"] == pytest.approx(report["images"][0]["psnr_vae_db"], abs=0.05)
+    # The tiny model's random autoencoder cannot draw anything: `guarded` says so and edits by plain DDIM.
+    assert report["images"][0]["inversion_used"] == "ddim" and "autoencoder" in report["images"][0]["warnings"][0]
 
 
 @pytest.fixture
@@ -412,3 +413,72 @@ def test_one_prompt_serves_every_image_or_one_each():
     assert image_prompts(["a", "b"], 2) == ("a", "b")
     with pytest.raises(InputError, match="2 prompts for 3 images"):
         image_prompts(["a", "b"], 3)
+
+
+# ---------------------------------------------------------------- inputs the model cannot represent
+
+
+def test_in_distribution_scenes_are_not_warned_about(reconstructions):
+    for method in ("direct", "guarded"):
+        for result in reconstructions[method]:
+            assert result.warnings == [] and result.correction_ratio < editing.CORRECTION_WARN
+            assert result.psnr_vae > editing.VAE_WARN_DB and result.inversion_used == "direct"
+    # Every correction was small: guarded kept them, so it is direct, bit for bit.
+    for guarded, direct in zip(reconstructions["guarded"], reconstructions["direct"]):
+        assert np.array_equal(np.asarray(guarded.samples[0].image), np.asarray(direct.samples[0].image))
+    assert all(r.correction_ratio is None for r in reconstructions["ddim"])
+
+
+def test_an_input_the_model_cannot_draw_is_warned_in_one_line_each_and_recorded(shapes_pipe, tmp_path, caplog):
+    """A dark-background scene (the world's background is light grey): the autoencoder alone reaches
+    about 8 dB and direct's corrections exceed the bar: two one-line warnings, both in edits.json;
+    `guarded` edits it by plain DDIM."""
+    import logging
+
+    from sliders.shapes.world import random_scene, styled
+
+    scene = random_scene(np.random.default_rng(4), resolution=SIZE, size_word="medium")
+    image, _ = styled(scene, "dark", np.random.default_rng(0))
+    path = tmp_path / "dark.png"
+    image.save(path)
+    item = prepare_image(path, "dark", SIZE)
+    with caplog.at_level(logging.WARNING, logger="sliders.editing"):
+        direct, = edit_images(shapes_pipe, [], [], [item], ["a medium shape"], method="direct", steps=STEPS,
+                              guidance_scale=GUIDANCE, start_noise=500)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == len(direct.warnings) == 2 and all("\n" not in line for line in lines)
+    assert "'dark.png'" in lines[0] and "autoencoder" in lines[0] and direct.psnr_vae < editing.VAE_WARN_DB
+    assert "corrections" in lines[1] and direct.correction_ratio > editing.CORRECTION_WARN
+    row = editing.edit_report([direct], {})["images"][0]
+    assert row["warnings"] == direct.warnings and row["correction_ratio"] == round(direct.correction_ratio, 3)
+    kwargs = dict(steps=STEPS, guidance_scale=GUIDANCE, start_noise=500)
+    guarded, = edit_images(shapes_pipe, [], [], [item], ["a medium shape"], method="guarded", **kwargs)
+    ddim, = edit_images(shapes_pipe, [], [], [item], ["a medium shape"], method="ddim", **kwargs)
+    assert guarded.inversion_used == "ddim" and guarded.warnings[0] == direct.warnings[0]
+    assert np.array_equal(np.asarray(guarded.samples[0].image), np.asarray(ddim.samples[0].image))
+
+
+def test_guarded_falls_back_on_large_corrections_alone(shapes_pipe):
+    """A blurred scene the autoencoder still reproduces above the bar, but whose direct corrections
+    exceed it: `guarded` measures them, then edits by plain DDIM."""
+    from sliders.evaluation.edits import rendered_scenes
+
+    images, captions = rendered_scenes(4, 0, SIZE, "medium", "blur")
+    kwargs = dict(steps=25, guidance_scale=GUIDANCE, start_noise=500)  # the schedule the bar was measured on
+    guarded, = edit_images(shapes_pipe, [], [], images[3:], captions[3:], method="guarded", **kwargs)
+    assert guarded.psnr_vae > editing.VAE_WARN_DB and guarded.correction_ratio > editing.CORRECTION_WARN
+    assert guarded.inversion_used == "ddim" and len(guarded.warnings) == 1
+
+
+def test_out_of_distribution_scene_styles_keep_what_the_measurement_reads():
+    from sliders.evaluation.edits import rendered_scenes
+    from sliders.shapes.measure import measure
+    from sliders.shapes.world import SCENE_STYLES
+
+    images, captions = rendered_scenes(len(SCENE_STYLES), 0, SIZE, "medium", "ood")
+    assert [i.name.split("-")[1] for i in images] == list(SCENE_STYLES)
+    for item, caption in zip(images, captions):
+        measured = measure(item.image)
+        assert (measured.colour, measured.shape) == tuple(caption.split()[2:4]), item.name
+    with pytest.raises(InputError, match="scene_style"):
+        rendered_scenes(2, 0, SIZE, "medium", "sepia")

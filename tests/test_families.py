@@ -30,34 +30,18 @@ def _error_line(capsys):
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pairs")
-    rng = np.random.default_rng(0)
-    for folder in ("low", "high", "higher"):
-        (root / folder).mkdir()
-        for stem in ("x", "y"):
-            Image.fromarray(rng.integers(0, 255, (72, 64, 3), dtype=np.uint8)).save(root / folder / f"{stem}.png")
-    return root
+    from conftest import write_image_folders
+
+    return write_image_folders(tmp_path_factory.mktemp("pairs"))
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def trained(request, tmp_path_factory, images, sliders_home):
     """(family name, model, text slider, image slider), each trained for two iterations through the CLI."""
+    from conftest import train_family_sliders
+
     name, model = request.param, FAMILIES[request.param]
-    folder = tmp_path_factory.mktemp(name)
-    prompts = folder / "prompts.yaml"
-    prompts.write_text('- target: "circle"\n  positive: "large circle"\n  unconditional: "small circle"\n'
-                       "  action: enhance\n  guidance_scale: 2\n  resolution: 64\n", encoding="utf-8")
-    config = folder / "config.yaml"
-    config.write_text(f'prompts_file: "{prompts}"\npretrained_model:\n  name_or_path: "{model}"\n'
-                      "network:\n  rank: 2\ntrain:\n  precision: fp32\n  iterations: 2\n  max_denoising_steps: 6\n"
-                      f'save:\n  name: text\n  path: "{folder / "models"}"\n  per_steps: 10\n', encoding="utf-8")
-    assert train_main(["--config", str(config), "--device", "cpu"]) == 0
-    assert train_images_main([
-        "--folder_main", str(images), "--folders", "low,high,higher", "--scales", "0.67,1,1.3", "--iterations", "2",
-        "--resolution", "64", "--device", "cpu", "--output_dir", str(folder / "models"), "--pretrained_model", model,
-        "--name", "image", "--rank", "2"]) == 0
-    text = folder / "models" / "text_alpha1.0_rank2_noxattn" / "text_last.safetensors"
-    image = folder / "models" / "image_alpha1.0_rank2_noxattn" / "image_last.safetensors"
+    text, image = train_family_sliders(tmp_path_factory.mktemp(name), model, images)
     return name, model, text, image
 
 
@@ -96,7 +80,7 @@ def test_single_files_are_recognised_from_their_tensor_names(tmp_path):
         assert family_of_source(str(path)).name == family
     other = tmp_path / "other.safetensors"
     save_file({"transformer.x": torch.zeros(1)}, str(other))
-    with pytest.raises(InputError, match="not an SDXL, SD 1.x or SD 2.x checkpoint"):
+    with pytest.raises(InputError, match="not an SDXL, SD 1.x, SD 2.x or FLUX.1 checkpoint"):
         family_of_source(str(other))
 
 

@@ -525,9 +525,9 @@ def test_nan_loss_keeps_the_last_good_weights_and_names_them(tmp_path, monkeypat
     original = trainer._train_step
     calls = {"n": 0}
 
-    def step(unet, network, terms):
+    def step(unet, network, terms, *family):
         calls["n"] += 1
-        loss = original(unet, network, terms)
+        loss = original(unet, network, terms, *family)
         return float("nan") if calls["n"] == 3 else loss
 
     monkeypatch.setattr(trainer, "_train_step", step)

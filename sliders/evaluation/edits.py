@@ -17,13 +17,15 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from .. import __version__
 from ..config import DEFAULT_INVERSION, EDIT_START_NOISE, NULL_TEXT_ITERATIONS
 from ..editing import GRID_NAME, Edited, EditImage, check_edit_settings, edit_grid, edit_images, edit_name
 from ..errors import InputError, OutputError
 from ..models import time_ids
 from ..sampling import Sample, SliderSpec, kept_on_interrupt, loaded, owned_output, plan_run, write_kept
-from ..shapes.world import SIZE_WORDS, render_dataset
+from ..shapes.world import SCENE_STYLES, SIZE_WORDS, render_dataset, styled
 from .measurers import Measurer, is_reference, measure_samples, measurer_name, pair_key
 from .report import jsonable, summarise, write_report
 from .run import IMAGES_FOLDER, as_specs, baseline_from_replace, check_measurer
@@ -43,12 +45,21 @@ def check_scene_count(scenes: Any, seed: Any) -> tuple[int, int]:
     return scenes, seed
 
 
-def rendered_scenes(count: int, seed: int, resolution: int, size_word: str | None) -> tuple[list[EditImage], list[str]]:
+def rendered_scenes(count: int, seed: int, resolution: int, size_word: str | None, style: str = "world"
+                    ) -> tuple[list[EditImage], list[str]]:
     """`count` shapes-world scenes from `seed` as edit inputs (time ids: the square image itself) and
-    their captions."""
+    their captions. `style` "world" draws them as the model was trained; "ood" cycles through the
+    out-of-distribution styles of `shapes.world.SCENE_STYLES`, and one of those draws every scene so."""
+    if style not in ("world", "ood", *SCENE_STYLES):
+        raise InputError(f"--scene_style {style!r} is unknown; choose world, ood or one of {', '.join(SCENE_STYLES)}")
+    rng = np.random.default_rng([seed, 7])
     images, captions = [], []
-    for index, (image, _, caption) in enumerate(render_dataset(count, seed, resolution, size_word)):
+    for index, (image, scene, caption) in enumerate(render_dataset(count, seed, resolution, size_word)):
         name = f"scene{index:03d}"
+        if style != "world":
+            kind = SCENE_STYLES[index % len(SCENE_STYLES)] if style == "ood" else style
+            image, _ = styled(scene, kind, rng)
+            name = f"{name}-{kind}"
         images.append(EditImage(Path(f"{name}.png"), name, image, time_ids(resolution, resolution)))
         captions.append(caption)
     return images, captions
@@ -75,6 +86,8 @@ def reconstruction_figures(results: Sequence[Edited], measurer: Measurer, target
         "psnr_db": describe([r.psnr_zero for r in results]),
         "psnr_vae_db": describe([r.psnr_vae for r in results]),
         "inversion_seconds": describe([r.inversion_seconds for r in results]),
+        "correction_ratio": describe([r.correction_ratio for r in results if r.correction_ratio is not None]),
+        "warned": sum(bool(r.warnings) for r in results),
         "kept": kept,
         "change": {target: describe([row["values"][target] - source["values"][target]
                                      for row, source in zip(rows, measured_inputs)])["mean"]},
@@ -89,6 +102,7 @@ def run_edit_evaluation(
     scenes: int,
     output: str | Path,
     scene_seed: int = 0,
+    scene_style: str = "world",
     size_word: str | None = "medium",
     method: str = DEFAULT_INVERSION,
     null_text_iterations: int = NULL_TEXT_ITERATIONS,
@@ -127,7 +141,7 @@ def run_edit_evaluation(
         if 0.0 not in spec_scales:
             raise InputError(f"scales of --slider {spec.path} lack 0: the scale-0 edit of each scene is the "
                              "reference an edit evaluation measures against; add 0")
-    inputs, captions = rendered_scenes(scenes, scene_seed, plan.resolution, size_word)
+    inputs, captions = rendered_scenes(scenes, scene_seed, plan.resolution, size_word, scene_style)
     baseline_prompts = baseline_from_replace(captions, baseline_replace) if baseline_replace is not None else None
     measurer_instance = registered() if registered else measurer
 
@@ -170,7 +184,8 @@ def run_edit_evaluation(
         "settings": {
             "sliders": [{"name": name, "path": str(spec.path), "scales": list(spec_scales)}
                         for name, spec, spec_scales in zip(names, plan.specs, plan.scale_lists)],
-            "edit": {"inversion": method, "scenes": scenes, "scene_seed": scene_seed, "size_word": size_word,
+            "edit": {"inversion": method, "scenes": scenes, "scene_seed": scene_seed, "scene_style": scene_style,
+                     "size_word": size_word,
                      **({"null_text_iterations": null_text_iterations} if method == "null-text" else {})},
             "prompts": captions,
             "seeds": [0],

@@ -10,7 +10,8 @@ of module paths for every UNet family (`sliders.network`). Trainer, objectives, 
 evaluation, previews, convert and export ask the family instead of assuming SDXL.
 
 Families here: `sdxl` (SDXL and its fine-tunes, v-prediction and few-step ones included), `sd1`,
-`sd2` (SD 2.x, 512 epsilon and 768-v).
+`sd2` (SD 2.x, 512 epsilon and 768-v), `flux` (FLUX.1 dev/schnell: a flow-matching transformer; it
+also overrides `denoiser`, `predict` and `target_modules`, which UNet families inherit).
 
 To add a family:
 1. Write `sliders/families/<name>.py` with a `Family` subclass that implements `claims`,
@@ -30,13 +31,14 @@ from typing import Any, Mapping
 
 from ..errors import InputError
 from .base import Defaults, Family
+from .flux import FLUX
 from .sd import SD1, SD2
 from .sdxl import SDXL
 
-FAMILIES: tuple[Family, ...] = (SDXL, SD1, SD2)
+FAMILIES: tuple[Family, ...] = (SDXL, SD1, SD2, FLUX)
 FAMILY_NAMES = tuple(f.name for f in FAMILIES)
 
-__all__ = ["Defaults", "FAMILIES", "FAMILY_NAMES", "Family", "SD1", "SD2", "SDXL", "family_named", "detect_family",
+__all__ = ["Defaults", "FAMILIES", "FAMILY_NAMES", "FLUX", "Family", "SD1", "SD2", "SDXL", "family_named", "detect_family",
            "family_of_pipe", "family_of_source", "family_of_slider", "check_family"]
 
 
@@ -54,13 +56,18 @@ def detect_family(unet_config: Mapping[str, Any], pipeline_class: str | None = N
         if family.claims(unet_config, pipeline_class):
             return family
     kind = pipeline_class or unet_config.get("_class_name") or "a model"
-    raise InputError(f"{source} is {kind}, an architecture sliders does not support; give an SDXL, SD 1.x or "
-                     f"SD 2.x model (or set pretrained_model.family if it is one of them)")
+    raise InputError(f"{source} is {kind}, an architecture sliders does not support; give an SDXL, SD 1.x, SD 2.x or "
+                     f"FLUX.1 model (or set pretrained_model.family if it is one of them)")
 
 
 def family_of_pipe(pipe) -> Family:
     """The family of a loaded pipeline."""
-    return detect_family(dict(pipe.unet.config), type(pipe).__name__)
+    model = pipe.unet if hasattr(pipe, "unet") else getattr(pipe, "transformer", None)
+    # The diffusers class it is (or, for a wrapper that forwards attributes, the one its config names).
+    name = next((c.__name__ for c in type(pipe).__mro__ if c.__module__.startswith("diffusers.")), None)
+    if name is None:
+        name = dict(getattr(pipe, "config", None) or {}).get("_class_name")
+    return detect_family(dict(model.config) if model is not None else {}, name)
 
 
 def _safetensors_keys(path: Path) -> list[str]:
@@ -83,7 +90,8 @@ def family_of_source(source: str, *, family: str | None = None, v2: bool = False
     if path.is_dir():
         try:
             index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
-            unet = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+            denoiser = "transformer" if "transformer" in index and "unet" not in index else "unet"
+            unet = json.loads((path / denoiser / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             raise InputError(f"base model folder '{source}' has no readable model_index.json and unet/config.json "
                              f"({type(error).__name__}); give a diffusers folder") from None
@@ -100,7 +108,7 @@ def family_of_source(source: str, *, family: str | None = None, v2: bool = False
         for candidate in FAMILIES:
             if candidate.claims_checkpoint(keys):
                 return candidate
-        raise InputError(f"base model file '{source}' is not an SDXL, SD 1.x or SD 2.x checkpoint (no text "
+        raise InputError(f"base model file '{source}' is not an SDXL, SD 1.x, SD 2.x or FLUX.1 checkpoint (no text "
                          f"encoder this tool knows); give one of those")
     return SD2 if v2 else None
 
@@ -124,6 +132,8 @@ def family_of_slider(metadata: Mapping[str, str]) -> Family | None:
         return SD1
     if version.startswith("sd_v2"):
         return SD2
+    if version.startswith("flux1"):
+        return FLUX
     return None
 
 

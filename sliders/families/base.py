@@ -41,6 +41,8 @@ class Family:
     unet_config: Mapping[str, Any]  # the shape-giving UNet config of the family's reference model (layer names
     # of files that record no base model, and the interop tests' full-size layout)
 
+    flow_matching = False  # a flow-matching transformer (FLUX) rather than a UNet on a DDPM schedule
+
     # ---------------------------------------------------------------- detection
 
     def claims(self, unet_config: Mapping[str, Any], pipeline_class: str | None = None) -> bool:
@@ -55,6 +57,26 @@ class Family:
         import diffusers
 
         return getattr(diffusers, self.pipeline_class)
+
+    # ---------------------------------------------------------------- the denoiser
+
+    def denoiser(self, pipe):
+        """The pipeline's denoising model (the UNet; FLUX: the transformer)."""
+        return pipe.unet
+
+    def predict(self, model, latents: torch.Tensor, timestep: torch.Tensor, cond, guidance: float | None = None
+                ) -> torch.Tensor:
+        """The denoiser's prediction for latents (B, C, h, w); `guidance` is a guidance embedding (FLUX-dev),
+        unused by UNet families, which call `sliders.models.predict_noise`."""
+        from ..models import predict_noise
+
+        return predict_noise(model, latents, timestep, cond)
+
+    def target_modules(self, model, network_type: str, training_method: str):
+        """The (dotted name, layer) pairs a network type and training method wrap (`sliders.network`)."""
+        from ..network import select_targets
+
+        return select_targets(model, network_type, training_method)
 
     # ---------------------------------------------------------------- prompts and conditioning
 

@@ -20,6 +20,8 @@ from .base import Defaults, Family
 def _is_sd(unet_config: Mapping[str, Any], pipeline_class: str | None) -> bool:
     if pipeline_class:
         return pipeline_class in ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
+    if "joint_attention_dim" in unet_config:  # a transformer's config (FLUX), not a UNet's
+        return False
     return unet_config.get("addition_embed_type") is None and unet_config.get("class_embed_type") is None
 
 

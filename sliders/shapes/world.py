@@ -199,8 +199,9 @@ def _inside(scene: Scene, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (down >= 0) & (dy <= 2.0 * h / 3.0) & (np.abs(dx) <= down / 2.0)
 
 
-def render(scene: Scene) -> Image.Image:
-    """The scene as an RGB image of ``resolution`` x ``resolution`` pixels.
+def render(scene: Scene, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """The scene as an RGB image of ``resolution`` x ``resolution`` pixels (on ``background``: other
+    than the world's grey only for out-of-distribution inputs, ``styled``).
 
     The shape is sampled at 4x4 points per pixel and box-downsampled, so each edge pixel is the
     exact mix of shape and background by the fraction covered: no ringing (unlike Lanczos), which
@@ -212,7 +213,7 @@ def render(scene: Scene) -> Image.Image:
     fine = np.where(
         inside[:, :, None],
         np.asarray(PALETTE[scene.colour], dtype=np.uint8),
-        np.asarray(BACKGROUND, dtype=np.uint8),
+        np.asarray(background, dtype=np.uint8),
     ).astype(np.uint8)
     image = Image.fromarray(fine)
     return image.resize((scene.resolution, scene.resolution), Image.Resampling.BOX)
@@ -230,3 +231,34 @@ def render_dataset(
         items.append((render(scene), scene, caption(scene)))
     logger.debug("rendered %d shapes-world scenes at %d px from seed %d", n, resolution, seed)
     return items
+
+
+# Out-of-distribution renders: what the model never saw in training, for measuring real-image edits
+# on inputs unlike the training data. Each keeps one shape whose colour, kind and size can still be
+# read from the pixels (the measurement estimates the background from the border).
+SCENE_STYLES: tuple[str, ...] = ("dark", "tinted", "noise", "blur", "edge")
+DARK_BACKGROUND = (120, 120, 120)
+TINTED_BACKGROUND = (225, 205, 170)
+NOISE_STD = 12.0  # grey levels
+BLUR_RADIUS = 1.2  # px, Gaussian
+
+
+def styled(scene: Scene, style: str, rng: np.random.Generator) -> tuple[Image.Image, Scene]:
+    """The scene drawn in an out-of-distribution `style` (one of ``SCENE_STYLES``), and the scene as
+    drawn: ``dark``/``tinted`` backgrounds, sensor-like Gaussian ``noise``, a ``blur``red render, or
+    the shape pushed against the left ``edge`` (inside the margin the world keeps)."""
+    from PIL import ImageFilter
+
+    if style not in SCENE_STYLES:
+        raise InputError(f"scene style {style!r} is unknown; choose one of {', '.join(SCENE_STYLES)}")
+    if style == "edge":
+        left = _extents(scene.shape, scene.size)[0]
+        scene = Scene(scene.shape, scene.colour, scene.size, left + 0.5, scene.cy, scene.resolution)
+    background = {"dark": DARK_BACKGROUND, "tinted": TINTED_BACKGROUND}.get(style, BACKGROUND)
+    image = render(scene, background)
+    if style == "noise":
+        pixels = np.asarray(image, dtype=np.float64) + rng.normal(0.0, NOISE_STD, (scene.resolution, scene.resolution, 3))
+        image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
+    if style == "blur":
+        image = image.filter(ImageFilter.GaussianBlur(BLUR_RADIUS))
+    return image, scene
