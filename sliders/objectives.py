@@ -318,16 +318,8 @@ class ImageObjective:
         self.family = family
 
     def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
-        chosen = choose_folders(self.pairs.scales, rng, self.folders_per_step)
-        stems = [rng.randrange(len(self.pairs.stems)) for _ in range(self.entry.batch_size)]
-        k = draw_step(rng, self.total_steps)
-        # A fresh posterior sample of every image each step, as the official code draws; from the generator
-        # in a fixed order (chosen folders, then stems), then the noise.
-        clean = {
-            i: torch.cat([self.latents.get(i, s, generator) for s in stems]).to(self.device) for i in chosen
-        }  # each (B, C, H/f, W/f)
+        chosen, stems, k, clean, noise = draw_pairs(self, rng, generator, self.total_steps)
         first = clean[chosen[0]]
-        noise = torch.randn(first.shape, generator=generator).to(self.device)  # shared by every chosen folder
         self.scheduler.set_timesteps(self.total_steps, device=self.device)
         noising = self.scheduler.timesteps[k].repeat(first.shape[0])
         noisy = {i: self.scheduler.add_noise(clean[i], noise, noising) for i in chosen}
@@ -335,8 +327,8 @@ class ImageObjective:
             i: self.scheduler.get_velocity(clean[i], noise, noising) if self.v_pred else noise for i in chosen
         }
         timestep = training_timestep(self.scheduler, k, self.total_steps, self.device)
-        positive = self._conditioning(stems, self.entry.positive)
-        neutral = self._conditioning(stems, self.entry.neutral)
+        positive = pair_conditioning(self, stems, self.entry.positive)
+        neutral = pair_conditioning(self, stems, self.entry.neutral)
         return [
             Term(
                 model_input(self.scheduler, noisy[i], timestep),
@@ -348,16 +340,33 @@ class ImageObjective:
             for i in chosen
         ]
 
-    def _conditioning(self, stems: Sequence[int], prompt: str) -> Conditioning:
-        """`prompt` for every batch element, after the caption of its stem when there are captions."""
-        resolution = self.entry.resolution
-        ids = self.family.time_ids(resolution, resolution)
-        ids = None if ids is None else ids.expand(1, -1)  # (1, 6)
-        if self.pairs.captions is None:
-            return conditioning(self.embeddings, prompt, None if ids is None else ids.expand(len(stems), -1), len(stems))
-        return Conditioning.cat(
-            [conditioning(self.embeddings, pair_prompt(self.pairs.captions[j], prompt), ids, 1) for j in stems]
-        )
+
+
+def draw_pairs(objective, rng: random.Random, generator: torch.Generator, steps: int):
+    """What an image-pair step draws, in this order: the folders to train, one stem per batch element,
+    the step `k` of a `steps`-step schedule, a fresh posterior sample of every chosen image (as the
+    official code draws; folders, then stems) and one noise shared by every chosen folder.
+    `objective` holds the pairs, latents, entry, folders_per_step and device. Returns
+    (chosen, stems, k, {folder: clean latents (B, C, H/f, W/f)}, noise)."""
+    chosen = choose_folders(objective.pairs.scales, rng, objective.folders_per_step)
+    stems = [rng.randrange(len(objective.pairs.stems)) for _ in range(objective.entry.batch_size)]
+    k = draw_step(rng, steps)
+    device = objective.device
+    clean = {i: torch.cat([objective.latents.get(i, s, generator) for s in stems]).to(device) for i in chosen}
+    noise = torch.randn(clean[chosen[0]].shape, generator=generator).to(device)
+    return chosen, stems, k, clean, noise
+
+
+def pair_conditioning(objective, stems: Sequence[int], prompt: str) -> Conditioning:
+    """`prompt` for every batch element of an image-pair step, after the caption of its stem when
+    there are captions, with the family's added time ids where it has them."""
+    resolution = objective.entry.resolution
+    ids = objective.family.time_ids(resolution, resolution)
+    ids = None if ids is None else ids.expand(1, -1)  # (1, 6)
+    embeddings, captions = objective.embeddings, objective.pairs.captions
+    if captions is None:
+        return conditioning(embeddings, prompt, None if ids is None else ids.expand(len(stems), -1), len(stems))
+    return Conditioning.cat([conditioning(embeddings, pair_prompt(captions[j], prompt), ids, 1) for j in stems])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,25 +470,15 @@ class FlowImageObjective:
     def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
         from .families.flux import set_flow_schedule
 
-        chosen = choose_folders(self.pairs.scales, rng, self.folders_per_step)
-        stems = [rng.randrange(len(self.pairs.stems)) for _ in range(self.entry.batch_size)]
-        k = draw_step(rng, self.steps)
-        clean = {i: torch.cat([self.latents.get(i, s, generator) for s in stems]).to(self.device) for i in chosen}
+        chosen, stems, k, clean, noise = draw_pairs(self, rng, generator, self.steps)
         first = clean[chosen[0]]  # (B, C, H/f, W/f)
-        noise = torch.randn(first.shape, generator=generator).to(self.device)
         set_flow_schedule(self.scheduler, self.steps, first.shape[2], first.shape[3], self.device)
         sigma = self.scheduler.sigmas[k].to(self.device, torch.float32)
         timestep = self.scheduler.timesteps[k]
-        positive = self._conditioning(stems, self.entry.positive)
-        neutral = self._conditioning(stems, self.entry.neutral)
+        positive = pair_conditioning(self, stems, self.entry.positive)
+        neutral = pair_conditioning(self, stems, self.entry.neutral)
         return [
             Term((1 - sigma) * clean[i] + sigma * noise, timestep, positive if self.pairs.scales[i] > 0 else neutral,
                  (noise - clean[i]).float(), self.pairs.scales[i], self.guidance)
             for i in chosen
         ]
-
-    def _conditioning(self, stems: Sequence[int], prompt: str) -> Conditioning:
-        if self.pairs.captions is None:
-            return conditioning(self.embeddings, prompt, None, len(stems))
-        return Conditioning.cat(
-            [conditioning(self.embeddings, pair_prompt(self.pairs.captions[j], prompt), None, 1) for j in stems])
