@@ -54,6 +54,7 @@ def _common_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, help="LoRA alpha (network.alpha)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU index; default: cuda if available")
     parser.add_argument("--iterations", type=int, help="training steps (train.iterations)")
+    parser.add_argument("--lr", type=float, help="learning rate (train.lr)")
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
     parser.add_argument("--pretrained_model", help="SDXL diffusers folder, hub id or single file")
     parser.add_argument("--output_dir", help="where run folders go (save.path)")
@@ -75,6 +76,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         "network.rank": args.rank,
         "network.alpha": args.alpha,
         "train.iterations": args.iterations,
+        "train.lr": args.lr,
         "train.seed": args.seed,
         "pretrained_model.name_or_path": args.pretrained_model,
         "save.path": args.output_dir,
@@ -210,7 +212,8 @@ def _train(argv: Sequence[str] | None) -> int:
     from .models import parse_device
     from .prompts import expand_attributes, load_prompts, parse_attributes
     from .distributed import start as start_processes
-    from .trainer import check_training_inputs, open_run, text_prompts_record, train_text_slider
+    from .trainer import (check_resolutions, check_training_inputs, open_run, text_prompts_record, text_resolutions,
+                          train_text_slider)
 
     config = load_config(args.config, {
         **_overrides(args),
@@ -227,6 +230,7 @@ def _train(argv: Sequence[str] | None) -> int:
     entries = expand_attributes(load_prompts(config.prompts_file), parse_attributes(args.attributes))
     device = parse_device(args.device)
     check_training_inputs(config)
+    check_resolutions(config, text_resolutions(entries))
     processes = start_processes(device)
     with processes.guard():  # an error in one process stops every process (README "Several GPUs")
         run = open_run(config, text_prompts_record(entries), overwrite=args.overwrite, resume=args.resume) \
@@ -253,6 +257,10 @@ def _train_images(argv: Sequence[str] | None) -> int:
         default=None,
         help="condition each pair on its caption, folder_main/<name>.txt (before the entry's prompt)",
     )
+    parser.add_argument("--pair_difference", type=float, metavar="WEIGHT",
+                        help="add WEIGHT x the loss on two folders' prediction difference (train.pair_difference; default 0)")
+    parser.add_argument("--timestep_range", metavar="LOW,HIGH",
+                        help="train only at timesteps LOW..HIGH, e.g. 200,999 (data.timestep_range; default: all)")
     parser.add_argument("--attributes", help="accepted for compatibility with the official script; image sliders ignore it")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
@@ -261,7 +269,7 @@ def _train_images(argv: Sequence[str] | None) -> int:
     from .data import scan_pairs
     from .models import parse_device
     from .distributed import start as start_processes
-    from .trainer import check_training_inputs, image_prompts_record, open_run, train_image_slider
+    from .trainer import check_resolutions, check_training_inputs, image_prompts_record, open_run, train_image_slider
 
     overrides = _overrides(args)
     overrides["data.folder_main"] = args.folder_main
@@ -270,6 +278,8 @@ def _train_images(argv: Sequence[str] | None) -> int:
     if args.scales is not None:
         overrides["data.scales"] = parse_floats(args.scales, "--scales")
     overrides["data.captions"] = args.captions
+    overrides["data.timestep_range"] = args.timestep_range
+    overrides["train.pair_difference"] = args.pair_difference
     config = load_config(args.config, overrides)
     if args.attributes:
         logger.warning("--attributes has no effect on image sliders")
@@ -279,6 +289,8 @@ def _train_images(argv: Sequence[str] | None) -> int:
     pairs = scan_pairs(config.data.folder_main, config.data.folders, config.data.scales, config.data.captions)
     device = parse_device(args.device)
     check_training_inputs(config)
+    check_resolutions(config, [("--resolution" if args.resolution is not None else "prompts file key 'resolution'",
+                                entry.resolution)])
     processes = start_processes(device)
     with processes.guard():  # an error in one process stops every process (README "Several GPUs")
         run = open_run(config, image_prompts_record(pairs, entry), overwrite=args.overwrite, resume=args.resume) \
@@ -312,9 +324,10 @@ def _image_entry(prompts_file: str | None, resolution: int | None):
 
 
 def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: str, start_noise: int | None = None,
-                      guidance_scale: float | None = None, fused: bool = True) -> None:
+                      guidance_scale: float | None = None, fused: bool = True, guidance_help: str | None = None,
+                      slider_required: bool = True) -> None:
     """Flags that sliders-sample, sliders-eval and sliders-edit share: how images are generated and where they go."""
-    parser.add_argument("--slider", action="append", required=True, metavar="PATH[:SCALES]",
+    parser.add_argument("--slider", action="append", required=slider_required, metavar="PATH[:SCALES]",
                         help="slider file, optionally with its own scales (repeat for several sliders)")
     parser.add_argument("--negative_prompt", default="", help="negative prompt")
     parser.add_argument("--start_noise", type=int, default=start_noise,
@@ -323,7 +336,7 @@ def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: st
                                 "family's: 750 SDXL, 850 SD 1.x/2.x)"))
     parser.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
     parser.add_argument("--guidance_scale", type=float, default=guidance_scale,
-                        help="classifier-free guidance (default "
+                        help=guidance_help or "classifier-free guidance (default "
                              + (f"{guidance_scale:g})" if guidance_scale is not None else "the slider's family's: 5 SDXL, "
                                 "7.5 SD 1.x/2.x; few-step models want 0-1)"))
     parser.add_argument("--pretrained_model", help="base model (default: the one recorded in the slider)")
@@ -389,13 +402,25 @@ def _eval(argv: Sequence[str] | None) -> int:
     from .config import DEFAULT_INVERSION, INVERSIONS, NULL_TEXT_ITERATIONS
 
     parser = _Parser(prog="sliders-eval", description="Measure sliders: attribute per scale, preservation, baseline.")
-    _generation_flags(parser, steps=25, output="evaluation", start_noise=None)
+    _generation_flags(parser, steps=25, output="evaluation", start_noise=None, slider_required=False)
     parser.add_argument("--scales", default="-2,-1,0,1,2", help="scales for sliders without their own")
     parser.add_argument("--prompt", action="append", help="prompt (repeatable)")
     parser.add_argument("--prompts_file", help="text file, one prompt per line")
     parser.add_argument("--seeds", default="0-7", help="seeds: ranges and lists, e.g. 0-31 or 0,5,9")
-    parser.add_argument("--measurer", default="shapes", help="how attributes are read from images (default shapes)")
-    parser.add_argument("--target", default="size", help="the attribute the slider should move (default size)")
+    parser.add_argument("--measurer", default="shapes",
+                        help="how attributes are read from images: shapes (default; the shapes world) or clip (CLIP "
+                             "scores and LPIPS, for real models; needs --measurer_arg model=...)")
+    parser.add_argument("--measurer_arg", action="append", metavar="KEY=VALUE",
+                        help="an option of the measurer, repeatable: e.g. model=openai/clip-vit-large-patch14, "
+                             "positive='old person', negative='young person', batch_size=16, lpips=alex|vgg|off")
+    parser.add_argument("--target", default=None,
+                        help="the attribute the slider should move (default: the measurer's: size, clip_direction)")
+    parser.add_argument("--compare", action="store_true",
+                        help="several sliders side by side: each at its scales with the others at 0 (instead of "
+                             "every combination)")
+    parser.add_argument("--edit_results", metavar="FOLDER",
+                        help="measure the edits sliders-edit wrote into FOLDER against their input images (no model "
+                             "is loaded; --slider and the generation flags are not used)")
     parser.add_argument("--baseline_replace", action="append", metavar="OLD=NEW",
                         help="prompt-editing baseline: replace OLD by NEW in each prompt (repeatable)")
     parser.add_argument("--baseline_prompts_file",
@@ -415,6 +440,10 @@ def _eval(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
+    if args.edit_results is not None:
+        return _eval_edit_results(args)
+    if not args.slider:
+        raise InputError("no slider; pass --slider FILE.safetensors (repeatable), or --edit_results FOLDER")
     if args.edit_scenes is not None:
         return _eval_edits(args)
     from .evaluation import read_prompt_lines, run_evaluation
@@ -432,6 +461,8 @@ def _eval(argv: Sequence[str] | None) -> int:
         args.seeds,
         measurer=args.measurer,
         target=args.target,
+        measurer_args=args.measurer_arg,
+        compare=args.compare,
         baseline_prompts=baseline,
         baseline_replace=args.baseline_replace,
         images=args.save_images,
@@ -463,8 +494,25 @@ def _eval_edits(args: argparse.Namespace) -> int:
         args.slider, args.scales, scenes=args.edit_scenes, scene_seed=args.scene_seed,
         scene_style=args.scene_style, method=args.inversion,
         null_text_iterations=args.null_text_iterations, measurer=args.measurer, target=args.target,
-        baseline_replace=args.baseline_replace, images=args.save_images, **kwargs,
+        measurer_args=args.measurer_arg, baseline_replace=args.baseline_replace, images=args.save_images, **kwargs,
     )
+    print(f"wrote {paths['markdown']}, {paths['json']} and {paths['plot']}")
+    return 0
+
+
+def _eval_edit_results(args: argparse.Namespace) -> int:
+    """sliders-eval --edit_results FOLDER: what sliders-edit wrote, measured against its inputs."""
+    given = [flag for flag, value in (("--slider", args.slider), ("--prompt", args.prompt),
+                                      ("--prompts_file", args.prompts_file), ("--edit_scenes", args.edit_scenes),
+                                      ("--baseline_replace", args.baseline_replace), ("--compare", args.compare),
+                                      ("--baseline_prompts_file", args.baseline_prompts_file),
+                                      ("--save_images", args.save_images), ("--fused", args.fused)) if value]
+    if given:
+        raise InputError(f"--edit_results measures the edits in its folder as they are; drop {', '.join(given)}")
+    from .evaluation.edit_results import run_edit_results_evaluation
+
+    paths = run_edit_results_evaluation(args.edit_results, output=args.output, measurer=args.measurer,
+                                        target=args.target, measurer_args=args.measurer_arg, device=args.device)
     print(f"wrote {paths['markdown']}, {paths['json']} and {paths['plot']}")
     return 0
 
@@ -475,8 +523,9 @@ def _edit(argv: Sequence[str] | None) -> int:
     parser = _Parser(prog="sliders-edit",
                      description="Edit real images with sliders: invert each image, then regenerate it at each slider scale.")
     parser.add_argument("--image", action="append", required=True, help="image file to edit (repeatable)")
-    _generation_flags(parser, steps=EDIT_STEPS, output="edits", start_noise=EDIT_START_NOISE,
-                      guidance_scale=EDIT_GUIDANCE, fused=False)
+    _generation_flags(parser, steps=EDIT_STEPS, output="edits", start_noise=EDIT_START_NOISE, fused=False,
+                      guidance_help=f"classifier-free guidance (default {EDIT_GUIDANCE:g}; FLUX: its guidance "
+                                    "embedding, default 3.5)")
     parser.add_argument("--scales", default="-2,0,2", help="scales for sliders without their own (default -2,0,2)")
     parser.add_argument("--prompt", action="append",
                         help="what the images show, e.g. 'photo of a person': once for all images or once per image, "
@@ -559,10 +608,10 @@ def _convert(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
-    from .export import KEY_FORMAT_NOTES, convert_slider
+    from .export import convert_slider, key_format_note
 
     path = convert_slider(args.input, args.output, args.to, pretrained_model=args.pretrained_model)
-    print(f"wrote {path} ({args.to} key format: {KEY_FORMAT_NOTES[args.to]})")
+    print(f"wrote {path} ({args.to} key format: {key_format_note(path, args.to)})")
     return 0
 
 
@@ -572,7 +621,8 @@ def _export(argv: Sequence[str] | None) -> int:
         description="Carry a slider's start_noise switch into ComfyUI, AUTOMATIC1111/Forge or diffusers.",
     )
     parser.add_argument("slider", help="slider file")
-    parser.add_argument("--ui", required=True, help="comfyui (writes a workflow JSON), a1111 or diffusers (print)")
+    parser.add_argument("--ui", required=True,
+                        help="comfyui (writes a workflow JSON), a1111, forge or diffusers (print); FLUX: not a1111")
     parser.add_argument("--scale", type=float, help="slider strength once on (default: the largest recorded scale)")
     parser.add_argument("--start_noise", type=float, help="slider off while the timestep is above this (default: recorded, else 750)")
     parser.add_argument("--steps", type=int, default=30,
@@ -593,8 +643,10 @@ def _export(argv: Sequence[str] | None) -> int:
     from pathlib import Path
 
     from .export import (COMFYUI_SOURCE, a1111_text, check_output_file, check_steps, check_ui, check_ui_naming,
-                         comfyui_workflow, diffusers_snippet, read_checked_slider, recommended, resolution_for)
-    from .families import SDXL, family_of_slider
+                         comfyui_flux_workflow, comfyui_workflow, diffusers_snippet, forge_flux_text,
+                         read_checked_slider, recommended, resolution_for)
+    from .families import FLUX, SDXL, family_of_slider
+    from .formats import is_flux_file
     from .files import write_text_atomic
 
     ui = check_ui(args.ui)
@@ -603,25 +655,39 @@ def _export(argv: Sequence[str] | None) -> int:
         raise InputError(f"'{path}' is not .safetensors, which UIs load; convert it first: sliders-convert {path} "
                          f"{path.with_suffix('.safetensors')}")
     tensors, metadata = read_checked_slider(path)
+    family = family_of_slider(metadata) or (FLUX if is_flux_file(tensors) else SDXL)
+    if ui == "a1111" and family is FLUX:
+        raise InputError(f"'{path}' is a FLUX.1 slider and AUTOMATIC1111 has no FLUX.1; use --ui forge, comfyui or "
+                         "diffusers")
     check_ui_naming(path, tensors, metadata, ui)
     if ui == "a1111" and any(key.startswith("lora_unet_up_blocks_") for key in tensors):
         logger.warning("this file has diffusers-path names, of which AUTOMATIC1111 drops up_blocks.0's upsampler; "
                        "sliders-convert it (--to kohya) for a complete load")
     start_noise, scale = recommended(metadata, args.start_noise, args.scale)
-    family = family_of_slider(metadata) or SDXL
     steps = check_steps(args.steps)
     resolution = resolution_for(metadata, path, args.resolution)
     if ui == "comfyui":
         output = Path(args.output) if args.output else path.with_name(f"{path.stem}_comfyui.json")
         check_output_file(output, "choose another --output")
-        workflow = comfyui_workflow(path.name, scale, start_noise, checkpoint=args.checkpoint or family.comfyui_checkpoint,
-                                    prompt=args.prompt,
-                                    steps=steps, seed=args.seed, width=resolution, height=resolution)
+        if family is FLUX:
+            workflow = comfyui_flux_workflow(path.name, scale, start_noise, transformer=args.checkpoint or
+                                             family.comfyui_checkpoint, prompt=args.prompt, steps=steps,
+                                             guidance=family.defaults.guidance_scale, seed=args.seed,
+                                             width=resolution, height=resolution)
+        else:
+            workflow = comfyui_workflow(path.name, scale, start_noise,
+                                        checkpoint=args.checkpoint or family.comfyui_checkpoint, prompt=args.prompt,
+                                        steps=steps, seed=args.seed, width=resolution, height=resolution)
         output.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output, json.dumps(workflow, indent=2) + "\n")
-        print(f"wrote {output} (ComfyUI API-format workflow, {steps} steps, sampler euler, scheduler normal; inputs as "
-              f"in {COMFYUI_SOURCE}; put {path.name} in models/loras; queue it as is: its start_percent is exact)")
-    elif ui == "a1111":
+        kind = "FLUX.1 " if family is FLUX else ""
+        scheduler = "simple, ModelSamplingFlux at the image size" if family is FLUX else "normal"
+        print(f"wrote {output} ({kind}ComfyUI API-format workflow, {steps} steps, sampler euler, scheduler {scheduler}; "
+              f"inputs as in {COMFYUI_SOURCE}; put {path.name} in models/loras; queue it as is: its start_percent is "
+              "exact)")
+    elif ui == "forge" and family is FLUX:
+        print(forge_flux_text(path.stem, scale, start_noise, steps))
+    elif ui in ("a1111", "forge"):
         print(a1111_text(path.stem, scale, start_noise, steps))
     else:
         model = args.pretrained_model or metadata.get("sliders_base_model") or family.hub_id

@@ -35,6 +35,7 @@ TRAINING_METHODS = (
     "noxattn-hspace-last",
 )
 NOISE_SCHEDULERS = ("ddim", "ddpm", "lms", "euler_a")
+QUANTIZE_MODES = ("none", "8bit", "4bit")  # pretrained_model.quantize (bitsandbytes; FLUX.1 only)
 OPTIMIZERS = (
     "adam",
     "adamw",
@@ -95,6 +96,10 @@ class PretrainedModelConfig:
     v2: bool = False
     v_pred: bool = False
     clip_skip: int | None = None
+    # FLUX.1 only: a single-file transformer (BFL naming, flux1-dev.safetensors) replacing name_or_path's;
+    # the rest of the model and the transformer's config come from name_or_path (a folder or hub id).
+    transformer: str | None = None
+    quantize: str = "none"  # FLUX.1 only: the frozen transformer's block Linears in 8bit (LLM.int8) or 4bit (NF4)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,9 @@ class TrainConfig:
     flow_steps: int | None = None  # partial-denoising schedule length; None: the family's sampling steps (30)
     flow_guidance: float | None = None  # guidance embedding when training; None: the family's sampling value (3.5)
     flow_target_rescale: bool = False  # rescale the target to the positive prediction's norm (official code)
+    # Image sliders: weight of a term on the difference of two folders' predictions (README "Image
+    # sliders"); 0 is the paper's loss.
+    pair_difference: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,9 @@ class DataConfig:
     folders_per_step: int | None = None
     cache_latents: bool = True
     captions: bool = False  # read folder_main/<stem>.txt and condition each pair on it
+    # Draw the training step only where its timestep lies in [low, high] (README "Image sliders");
+    # None: the whole schedule, as the paper.
+    timestep_range: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -352,6 +363,8 @@ def _check(config: Config) -> Config:
     if config.data.folders_per_step is not None:
         positive("data.folders_per_step", config.data.folders_per_step)
     positive("train.trajectory_reuse", train.trajectory_reuse)
+    positive("train.pair_difference", train.pair_difference, strict=False)
+    at_most("train.pair_difference", train.pair_difference, 100.0, "weights of 1 to 10 are what was measured")
     at_most("train.iterations", train.iterations, MAX_ITERATIONS, "the paper trains 1000 steps")
     at_most("save.per_steps", save.per_steps, MAX_ITERATIONS,
             f"a value above train.iterations ({train.iterations}) already saves no step checkpoint")
@@ -408,7 +421,10 @@ def _check(config: Config) -> Config:
                              "disagree; drop one of them")
     return dataclasses.replace(
         config,
-        pretrained_model=dataclasses.replace(config.pretrained_model, family=family),
+        pretrained_model=dataclasses.replace(
+            config.pretrained_model, family=family,
+            quantize=choice("pretrained_model.quantize", str(config.pretrained_model.quantize), QUANTIZE_MODES),
+        ),
         network=dataclasses.replace(
             network,
             type=choice("network.type", network.type, NETWORK_TYPES),
@@ -453,6 +469,12 @@ def _check_data(data: DataConfig) -> None:
             what = f"there are {len(data.folders)} data.folders" if data.folders else "each is a slider forward and backward"
             raise InputError(f"config key 'data.folders_per_step' must be at most {limit}, got {data.folders_per_step} "
                              f"({what}); lower it, or remove it to train on every folder each step")
+    if data.timestep_range is not None:
+        bounds = data.timestep_range
+        if (len(bounds) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in bounds)
+                or not 0 <= bounds[0] < bounds[1] <= MAX_TIMESTEPS - 1):
+            raise InputError(f"config key 'data.timestep_range' must be two whole timesteps low < high from 0 to "
+                             f"{MAX_TIMESTEPS - 1}, got {list(bounds)}; e.g. [200, 999], or remove it for the whole schedule")
     for scale in data.scales:
         if abs(scale) > MAX_PREVIEW_SCALE:
             raise InputError(f"config key 'data.scales' has {scale:g}; use scales from -{MAX_PREVIEW_SCALE} to "

@@ -31,11 +31,21 @@ run once per image.
   round trip below `VAE_WARN_DB`, or `direct`'s corrections above `CORRECTION_WARN` of the latents.
   Off the training distribution the corrections carry what the model cannot represent into every
   edit, and plain DDIM stays stable (EVALUATION.md, "Edits off the training distribution").
+
+FLUX (flow matching, no classifier-free guidance) runs the same plan on the flow ODE of the
+pipeline's own sigma schedule: sampling takes Euler steps `x' = x + (sigma' - sigma) v(x, t)` from
+noise to the image, inversion takes them backwards from the image, with the velocity at the latents
+one level cleaner and the step's own timestep (`flow_inversion`, the flow analogue of DDIM
+inversion). `ddim` inverts to pure noise and regenerates from there, `direct` inverts only to the
+switch and records the latent corrections (exact at scale 0), `guarded` chooses between them as for
+UNets. `null-text` and `negative-prompt` act on the unconditional branch of classifier-free
+guidance, which FLUX does not have, and are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import itertools
 import json
@@ -55,12 +65,13 @@ from .config import (DEFAULT_INVERSION, EDIT_GUIDANCE, EDIT_START_NOISE, EDIT_ST
                      NULL_TEXT_ITERATIONS)
 from .data import IMAGE_EXTENSIONS, centre_square, read_rgb, to_pixels
 from .errors import InputError
-from .families import family_of_pipe
+from .families import Family, family_of_pipe
 from .files import write_text_atomic
 from .models import Conditioning, ddim_update, guided_noise, predict_noise, time_ids
 from .network import SliderNetwork
 from .sampling import (
     GRID_NAME,
+    RunPlan,
     Sample,
     SliderSpec,
     combination_label,
@@ -91,6 +102,7 @@ INPUT_LABEL = "input"
 VAE_WARN_DB = 30.0
 CORRECTION_WARN = 0.05
 RATIO_STEPS = 25  # the schedule length the correction ratio is expressed for
+FLOW_INVERSIONS = ("direct", "ddim", "guarded")  # the others act on classifier-free guidance, which FLUX lacks
 
 
 # --------------------------------------------------------------------------------------------------
@@ -389,15 +401,18 @@ def invert_guarded(unet, schedule: Schedule, latents: torch.Tensor, cond: Condit
                    psnr_vae: float, start_noise: float, guidance_scale: float) -> Inversion:
     """`guarded`: `direct` where the model can draw the input, else `ddim` (module docstring). The
     result keeps `direct`'s correction ratio when it was measured, and the method actually used."""
+    return _guarded(lambda method: invert(unet, schedule, latents, cond, uncond, method=method,
+                                          start_noise=start_noise, guidance_scale=guidance_scale), psnr_vae)
+
+
+def _guarded(run: Callable[[str], Inversion], psnr_vae: float) -> Inversion:
+    """`guarded` with `run(method)` inverting by `direct` or `ddim` (UNet or flow)."""
     if math.isfinite(psnr_vae) and psnr_vae < VAE_WARN_DB:
-        return invert(unet, schedule, latents, cond, uncond, method="ddim", start_noise=start_noise,
-                      guidance_scale=guidance_scale)
-    direct = invert(unet, schedule, latents, cond, uncond, method="direct", start_noise=start_noise,
-                    guidance_scale=guidance_scale)
+        return run("ddim")
+    direct = run("direct")
     if direct.correction_ratio <= CORRECTION_WARN:
         return direct
-    fallback = invert(unet, schedule, latents, cond, uncond, method="ddim", start_noise=start_noise,
-                      guidance_scale=guidance_scale)
+    fallback = run("ddim")
     return dataclasses.replace(fallback, seconds=direct.seconds + fallback.seconds,
                                correction_ratio=direct.correction_ratio)
 
@@ -437,15 +452,124 @@ def regenerate(unet, schedule: Schedule, inversion: Inversion, sliders: Sequence
 
 
 # --------------------------------------------------------------------------------------------------
+# Flow matching (FLUX): the same inversions on the flow ODE
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowSchedule:
+    """The pipeline's own N-step flow schedule for latents of one size (`families.flux.set_flow_schedule`).
+    Level i is the latents at `sigmas[i]`: level 0 pure noise (sigma 1), level N the clean latents (sigma 0)."""
+
+    timesteps: torch.Tensor  # (N,) sigma * 1000, descending
+    sigmas: torch.Tensor  # (N + 1,) float32, the last 0
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+    def switch(self, start_noise: float) -> int:
+        """The first step whose timestep is at or below `start_noise` (`steps` when none is)."""
+        return next((i for i, t in enumerate(self.timesteps) if float(t) <= start_noise), self.steps)
+
+
+def make_flow_schedule(scheduler, steps: int, height: int, width: int, device: torch.device | str = "cpu"
+                       ) -> FlowSchedule:
+    """The schedule FluxPipeline samples latents of (height, width) cells on, in `steps` steps."""
+    from .families.flux import set_flow_schedule
+
+    scheduler = copy.deepcopy(scheduler)  # set_timesteps resets the pipeline scheduler's step state
+    set_flow_schedule(scheduler, steps, height, width, device)
+    return FlowSchedule(scheduler.timesteps.to(device, torch.float32), scheduler.sigmas.to(device, torch.float32))
+
+
+def flow_step(model, family: Family, schedule: FlowSchedule, latents: torch.Tensor, step: int, cond: Conditioning,
+              guidance: float) -> torch.Tensor:
+    """One Euler step of the flow ODE from level `step` to `step + 1`, as the pipeline's scheduler takes it:
+    `x + (sigma_{i+1} - sigma_i) v(x, t_i)`, in float32."""
+    velocity = family.predict(model, latents, schedule.timesteps[step], cond, guidance).float()
+    return latents.float() + (schedule.sigmas[step + 1] - schedule.sigmas[step]) * velocity
+
+
+@torch.no_grad()
+def flow_inversion(model, family: Family, schedule: FlowSchedule, latents: torch.Tensor, cond: Conditioning,
+                   guidance: float, stop: int = 0) -> dict[int, torch.Tensor]:
+    """{level: latents} from the clean level back to level `stop`: the Euler step run the other way,
+    `x_i = x_{i+1} + (sigma_i - sigma_{i+1}) v(x_{i+1}, t_i)`, the velocity taken at the latents one level
+    cleaner and the step's own timestep (as DDIM inversion takes the noise), so that `flow_step` from
+    `x_i` nearly lands on `x_{i+1}`."""
+    states = {schedule.steps: latents.float()}
+    for level in range(schedule.steps - 1, stop - 1, -1):
+        here = states[level + 1]
+        velocity = family.predict(model, here, schedule.timesteps[level], cond, guidance).float()
+        states[level] = here + (schedule.sigmas[level] - schedule.sigmas[level + 1]) * velocity
+    return states
+
+
+def invert_flow(model, family: Family, schedule: FlowSchedule, latents: torch.Tensor, cond: Conditioning, *,
+                method: str, start_noise: float, guidance: float) -> Inversion:
+    """Invert the clean `latents` (1, C, h, w) of a flow model by `direct` or `ddim` (module docstring);
+    the sliders on `model` must be at 0. `guidance` is the guidance embedding (FLUX-dev)."""
+    if method not in ("direct", "ddim"):
+        raise InputError(f"inversion {method!r} is not one for a flow model here; choose direct or ddim "
+                         "(guarded chooses between them per image: invert_flow_guarded)")
+    started = time.perf_counter()
+    start = schedule.switch(start_noise)
+    corrections = None
+    with torch.no_grad():
+        if method == "direct":
+            states = flow_inversion(model, family, schedule, latents, cond, guidance, stop=start)
+            corrections = [states[step + 1] - flow_step(model, family, schedule, states[step], step, cond, guidance)
+                           for step in range(start, schedule.steps)]
+            begin = states[start]
+        else:
+            states = flow_inversion(model, family, schedule, latents, cond, guidance)
+            begin = states[0]
+            for step in range(start):  # the sliders are off above the switch: shared by every scale
+                begin = flow_step(model, family, schedule, begin, step, cond, guidance)
+    ratio = correction_ratio(corrections, states, start, schedule.steps) if corrections is not None else None
+    return Inversion(method, start, begin, cond, [], corrections, time.perf_counter() - started, ratio)
+
+
+def invert_flow_guarded(model, family: Family, schedule: FlowSchedule, latents: torch.Tensor, cond: Conditioning, *,
+                        psnr_vae: float, start_noise: float, guidance: float) -> Inversion:
+    """`guarded` on a flow model: `direct` where the model can draw the input, else `ddim`."""
+    return _guarded(lambda method: invert_flow(model, family, schedule, latents, cond, method=method,
+                                               start_noise=start_noise, guidance=guidance), psnr_vae)
+
+
+@torch.no_grad()
+def regenerate_flow(model, family: Family, schedule: FlowSchedule, inversion: Inversion,
+                    sliders: Sequence[SliderNetwork], scales: Sequence[float], *, start_noise: float, guidance: float,
+                    edited: Conditioning | None = None) -> torch.Tensor:
+    """`regenerate` on a flow model: Euler steps from the inversion's latents, each slider at its scale once
+    the timestep (sigma * 1000) is at or below `start_noise`, or with `edited` as the prompt from then on.
+    Every slider is at 0 afterwards, also on error."""
+    latents = inversion.latents
+    try:
+        for n, step in enumerate(range(inversion.start, schedule.steps)):
+            timestep = float(schedule.timesteps[step])
+            set_multipliers(sliders, multipliers_at(timestep, scales, start_noise))
+            cond = edited if edited is not None and timestep <= start_noise else inversion.cond
+            latents = flow_step(model, family, schedule, latents, step, cond, guidance)
+            if inversion.corrections is not None:
+                latents = latents + inversion.corrections[n]
+    finally:
+        set_multipliers(sliders, [0.0] * len(sliders))
+    return latents
+
+
+# --------------------------------------------------------------------------------------------------
 # The conditioning of one image
 # --------------------------------------------------------------------------------------------------
 
 
 def encode_conditioning(pipe, prompts: Sequence[str], negative_prompt: str, ids: torch.Tensor,
-                        device: torch.device) -> tuple[list[Conditioning], Conditioning]:
+                        device: torch.device) -> tuple[list[Conditioning], Conditioning | None]:
     """Each prompt's conditioning and the negative prompt's, (1, ...) each with the time ids `ids` (6,)
     where the family has added conditioning, through the pipeline's own prompt encoding (an empty
-    negative prompt gives SDXL's zeros)."""
+    negative prompt gives SDXL's zeros). A family without classifier-free guidance (FLUX) has no
+    negative prompt: None."""
     family = family_of_pipe(pipe)
     conds, uncond = [], None
     with torch.no_grad():
@@ -454,7 +578,7 @@ def encode_conditioning(pipe, prompts: Sequence[str], negative_prompt: str, ids:
             pooled, negative_pooled = encoded.get("pooled_prompt_embeds"), encoded.get("negative_pooled_prompt_embeds")
             row = None if pooled is None else ids.unsqueeze(0).to(device)
             conds.append(Conditioning(encoded["prompt_embeds"], pooled, row))
-            if uncond is None:
+            if uncond is None and "negative_prompt_embeds" in encoded:
                 uncond = Conditioning(encoded["negative_prompt_embeds"], negative_pooled, row)
     return conds, uncond
 
@@ -495,10 +619,16 @@ def edit_images(pipe, sliders: Sequence[SliderNetwork], scale_lists: Sequence[Se
     """Invert each image once (with its prompt: `prompts` has one per image) and regenerate it for
     every combination of the sliders' scales (cartesian product of `scale_lists`); with
     `edited_prompts` (one per image) also once with that prompt from `start_noise` on, sliders at 0.
-    `sliders` must be attached to `pipe.unet`. `on_sample` gets each edited image as soon as it is
-    made, `on_edit` each image's results once all are made."""
-    unet, device = pipe.unet, pipe.unet.device
-    schedule = make_schedule(pipe.scheduler.config, steps, device)
+    `sliders` must be attached to the pipeline's denoiser. `on_sample` gets each edited image as soon as
+    it is made, `on_edit` each image's results once all are made. On a flow model (FLUX) the inversion
+    runs on its flow ODE (module docstring) and `guidance_scale` is its guidance embedding."""
+    family = family_of_pipe(pipe)
+    unet = family.denoiser(pipe)
+    device = unet.device
+    flow = family.flow_matching
+    if flow and method not in FLOW_INVERSIONS:
+        raise InputError(_flow_method_message(method, family))
+    schedule = None if flow else make_schedule(pipe.scheduler.config, steps, device)
     combinations = list(itertools.product(*[tuple(float(s) for s in scales) for scales in scale_lists]))
     results = []
     for index, item in enumerate(images):
@@ -507,24 +637,38 @@ def edit_images(pipe, sliders: Sequence[SliderNetwork], scale_lists: Sequence[Se
         latents = encode_image(pipe.vae, item.image).to(device)
         psnr_vae = psnr(decode_latents(pipe.vae, latents), item.image)
         set_multipliers(sliders, [0.0] * len(sliders))
-        if method == "guarded":
+        if flow:
+            schedule = make_flow_schedule(pipe.scheduler, steps, *latents.shape[-2:], device)
+            if method == "guarded":
+                inversion = invert_flow_guarded(unet, family, schedule, latents, conds[0], psnr_vae=psnr_vae,
+                                                start_noise=start_noise, guidance=guidance_scale)
+            else:
+                inversion = invert_flow(unet, family, schedule, latents, conds[0], method=method,
+                                        start_noise=start_noise, guidance=guidance_scale)
+        elif method == "guarded":
             inversion = invert_guarded(unet, schedule, latents, conds[0], uncond, psnr_vae=psnr_vae,
                                        start_noise=start_noise, guidance_scale=guidance_scale)
         else:
             inversion = invert(unet, schedule, latents, conds[0], uncond, method=method, start_noise=start_noise,
                                guidance_scale=guidance_scale, null_text_iterations=null_text_iterations)
         logger.debug("inverted %s (%s) in %.1f s", item.path, method, inversion.seconds)
+
+        def remake(scales: Sequence[float], edited: Conditioning | None = None) -> torch.Tensor:
+            if flow:
+                return regenerate_flow(unet, family, schedule, inversion, sliders, scales, start_noise=start_noise,
+                                       guidance=guidance_scale, edited=edited)
+            return regenerate(unet, schedule, inversion, sliders, scales, start_noise=start_noise,
+                              guidance_scale=guidance_scale, edited=edited)
+
         samples = []
         for scales in combinations:
-            out = regenerate(unet, schedule, inversion, sliders, scales, start_noise=start_noise,
-                             guidance_scale=guidance_scale)
+            out = remake(scales)
             samples.append(Sample(index, prompts[index], 0, tuple(scales), decode_latents(pipe.vae, out)))
             if on_sample is not None:
                 on_sample(samples[-1])
         edited = None
         if edited_prompts is not None:
-            out = regenerate(unet, schedule, inversion, sliders, [0.0] * len(sliders), start_noise=start_noise,
-                             guidance_scale=guidance_scale, edited=conds[1])
+            out = remake([0.0] * len(sliders), edited=conds[1])
             edited = Sample(index, edited_prompts[index], 0, tuple(0.0 for _ in sliders), decode_latents(pipe.vae, out))
         zero = next((s for s in samples if all(m == 0 for m in s.multipliers)), None)
         result = Edited(
@@ -629,6 +773,23 @@ def edit_name(image: str, multipliers: Sequence[float], slider_names: Sequence[s
 # --------------------------------------------------------------------------------------------------
 
 
+def _flow_method_message(method: str, family: Family) -> str:
+    return (f"--inversion {method} acts on the unconditional branch of classifier-free guidance, which "
+            f"{family.label} does not use; choose {', '.join(FLOW_INVERSIONS)}")
+
+
+def check_family_edit(plan: RunPlan, method: str) -> None:
+    """Before the model loads: on a flow model (FLUX), an inversion or a negative prompt that needs
+    classifier-free guidance is one line."""
+    if not plan.family.flow_matching:
+        return
+    if method not in FLOW_INVERSIONS:
+        raise InputError(_flow_method_message(method, plan.family))
+    if plan.negative_prompt:
+        raise InputError(f"--negative_prompt has no effect on {plan.family.label} (it has no classifier-free "
+                         "guidance); drop it")
+
+
 def check_edit_settings(method: Any, null_text_iterations: Any) -> str:
     if not isinstance(method, str) or method not in INVERSIONS:
         raise InputError(f"--inversion {method!r} is unknown; choose one of {', '.join(INVERSIONS)}")
@@ -659,7 +820,7 @@ def run_editing(
     method: str = DEFAULT_INVERSION,
     start_noise: float = DEFAULT_START_NOISE,
     steps: int = DEFAULT_STEPS,
-    guidance_scale: float = DEFAULT_GUIDANCE,
+    guidance_scale: float | None = DEFAULT_GUIDANCE,
     pretrained_model: str | None = None,
     device: str | None = None,
     precision: str = "fp32",
@@ -669,7 +830,8 @@ def run_editing(
 ) -> EditRun:
     """Check everything, load the base model once, edit every image at every scale combination and
     write the images, `grid.png` (input first) and `edits.json`. `prompt` is one text for every image
-    or one per image, in order; it may be empty."""
+    or one per image, in order; it may be empty. `guidance_scale` None is DEFAULT_GUIDANCE, on a flow
+    model (FLUX) its family's guidance embedding (3.5)."""
     method = check_edit_settings(method, null_text_iterations)
     paths = check_image_files(images)
     prompts = image_prompts(prompt, len(paths))
@@ -678,6 +840,9 @@ def run_editing(
         guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
         resolution=resolution, negative_prompt=negative_prompt,
     )
+    check_family_edit(plan, method)
+    if guidance_scale is None and not plan.family.flow_matching:
+        plan = dataclasses.replace(plan, guidance_scale=DEFAULT_GUIDANCE)
     names = distinct_stems(paths)
     slider_names = plan.slider_names
     written: list[Path] = []

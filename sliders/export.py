@@ -16,6 +16,11 @@ at or below `start_noise`, `sampling.multipliers_at`) in each UI's own terms, fo
 - diffusers: a Python snippet that sets the adapter weight in `callback_on_step_end` and draws its
   starting noise as `sliders-sample` does, so it makes the same image.
 
+FLUX.1 (flow matching; the slider is off while `sigma * 1000` is above `start_noise`): ComfyUI's FLUX
+graph with the same hook keyframes, placed on its shifted flow sigmas (`comfyui_flux_start_percent`);
+Forge's LoRA Block Weight syntax for its FLUX default sampler (`forge_flux_text`); a FluxPipeline
+snippet. AUTOMATIC1111 has no FLUX and is refused.
+
 Nothing here loads a model's weights or runs a UI; `sliders.cli` prints or writes what these return.
 """
 
@@ -27,19 +32,19 @@ import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from .config import MAX_TIMESTEPS
 from .errors import InputError
-from .families import SDXL, family_of_slider, family_of_source
-from .formats import NAMING_LABELS, SDXL_BASE_UNET_CONFIG, check_key_format, parse_tensors
+from .families import FLUX, SDXL, family_of_slider, family_of_source
+from .formats import NAMING_LABELS, SDXL_BASE_UNET_CONFIG, check_key_format, is_flux_file, parse_tensors
 from .network import DEFAULT_SCALES, load_slider, read_slider_file
 
 logger = logging.getLogger(__name__)
 
-UIS = ("comfyui", "a1111", "diffusers")
+UIS = ("comfyui", "a1111", "diffusers", "forge")
 # The namings AUTOMATIC1111, Forge and ComfyUI map completely (README, "Key formats"); a PEFT file loses
 # every attention layer in ComfyUI and Forge and loads nothing in AUTOMATIC1111.
 UI_NAMINGS = ("kohya", "diffusers")
@@ -55,18 +60,30 @@ def _config_of_model(name_or_path: str) -> dict[str, Any]:
         # its tensor names; SDXL for a pickled file).
         return dict((family_of_source(source) or SDXL).unet_config)
     config = read_unet_config(source)
+    if config is None and Path(source).is_dir() and family_of_source(source) is FLUX:
+        config = _transformer_config(source)
     if config is None:
         raise InputError(f"could not read the UNet config of base model '{source}' (unet/config.json); check the "
                          "name or path")
     return config
 
 
-def unet_config_for(metadata: Mapping[str, str], pretrained_model: str | None) -> dict[str, Any]:
-    """The UNet config a slider's layer names are placed in.
+def _transformer_config(folder: str) -> dict[str, Any] | None:
+    """A FLUX folder's `transformer/config.json` (its layer names and shapes), None if unreadable."""
+    try:
+        return json.loads((Path(folder) / "transformer" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def unet_config_for(metadata: Mapping[str, str], pretrained_model: str | None,
+                    keys: Sequence[str] = ()) -> dict[str, Any]:
+    """The UNet (FLUX: transformer) config a slider's layer names are placed in.
 
     In order: the given base model, the config recorded in the file (`sliders_unet_config`), the
-    base model recorded in it, else the reference UNet of the family the file names (kohya's
-    `ss_base_model_version`), else SDXL base (files from elsewhere rarely say; SDXL is our target).
+    base model recorded in it, else the reference model of the family the file names (kohya's
+    `ss_base_model_version`), else FLUX.1-dev where the file's `keys` name FLUX layers (the official
+    flux-sliders `.pt` files record nothing), else SDXL base (files from elsewhere rarely say).
     """
     if pretrained_model:
         return _config_of_model(pretrained_model)
@@ -86,16 +103,21 @@ def unet_config_for(metadata: Mapping[str, str], pretrained_model: str | None) -
     family = family_of_slider(metadata)
     if family is not None:
         return dict(family.unet_config)
+    if is_flux_file(keys):
+        logger.info("the slider names FLUX layers and records no base model; assuming FLUX.1-dev's transformer")
+        return dict(FLUX.unet_config)
     logger.info("the slider does not record its base model; assuming SDXL base (pass --pretrained_model otherwise)")
     return dict(SDXL_BASE_UNET_CONFIG)
 
 
 def meta_unet(config: Mapping[str, Any]):
-    """A UNet with this config on the meta device: every layer's name and shape, no memory, no weights."""
-    from diffusers import UNet2DConditionModel
+    """A UNet (FLUX: its transformer) with this config on the meta device: every layer's name and shape,
+    no memory, no weights."""
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
+    model_class = FluxTransformer2DModel if FLUX.claims(config) else UNet2DConditionModel
     with torch.device("meta"):
-        return UNet2DConditionModel.from_config(dict(config))
+        return model_class.from_config(dict(config))
 
 
 # ---------------------------------------------------------------- checks before any work
@@ -135,15 +157,27 @@ def check_ui_naming(path: Path, tensors: Mapping[str, torch.Tensor], metadata: M
     """Refuse, for ComfyUI and AUTOMATIC1111/Forge, a file whose key naming those UIs drop, with the fix."""
     if ui == "diffusers":
         return
+    fix = f"sliders-convert {path} {path.with_name(path.stem + '_kohya.safetensors')} --to kohya"
+    if family_of_slider(metadata) is FLUX or is_flux_file(tensors):
+        # ComfyUI and Forge map FLUX's BFL names (kohya) and diffusers' `transformer.<path>` (PEFT), not
+        # diffusers paths behind lora_unet_ (`tests/test_flux_export.py`).
+        unmapped = [key for key in tensors if key.startswith(FLUX_DIFFUSERS_PATH_PREFIXES)]
+        if unmapped:
+            raise InputError(f"slider file '{path}' has diffusers-path FLUX names ('{unmapped[0]}'), which ComfyUI "
+                             f"and Forge do not map; convert it first: {fix}")
+        return
     # A key's naming does not depend on the UNet layout: SDXL's places the names well enough to tell it.
     parsed = parse_tensors(tensors, metadata, SDXL_BASE_UNET_CONFIG, f"slider file '{path}'")
     dropped = [naming for naming in parsed.namings if naming not in UI_NAMINGS]
     if dropped:
         raise InputError(
             f"slider file '{path}' has {NAMING_LABELS[dropped[0]]}, which ComfyUI and Forge load only in part (no "
-            f"attention layers) and AUTOMATIC1111 not at all; convert it first: sliders-convert {path} "
-            f"{path.with_name(path.stem + '_kohya.safetensors')} --to kohya"
+            f"attention layers) and AUTOMATIC1111 not at all; convert it first: {fix}"
         )
+
+
+# FLUX keys of the official flux-sliders code and of our `diffusers` key format: diffusers module paths.
+FLUX_DIFFUSERS_PATH_PREFIXES = ("lora_unet_transformer_blocks_", "lora_unet_single_transformer_blocks_")
 
 
 # ---------------------------------------------------------------- key formats
@@ -164,9 +198,10 @@ def convert_slider(
         raise InputError(f"output '{target}' must end in .safetensors; converted sliders are never pickled")
     if target.resolve() == source.resolve():
         raise InputError(f"output '{target}' is the input file; give another output path")
-    _, metadata = read_checked_slider(source)
+    tensors, metadata = read_checked_slider(source)
     check_output_file(target, "give another output path")
-    network = load_slider(source, meta_unet(unet_config_for(metadata, pretrained_model)), attach=False)
+    network = load_slider(source, meta_unet(unet_config_for(metadata, pretrained_model, list(tensors))), attach=False,
+                          contents=(tensors, metadata))
     metadata_out = {"ss_output_name": target.stem}
     if "sliders_version" not in metadata:
         metadata_out["sliders_converted_from"] = source.name
@@ -180,6 +215,21 @@ KEY_FORMAT_NOTES = {
     "peft": "for diffusers/PEFT only: ComfyUI and Forge drop its attention layers and AUTOMATIC1111 loads none of "
             "it; convert to kohya (--to kohya) for those",
 }
+
+
+# The same for FLUX.1 files (`tests/test_flux_export.py` shows the ComfyUI/Forge rules on FLUX.1-dev).
+FLUX_KEY_FORMAT_NOTES = {
+    "kohya": "kohya's FLUX naming on the BFL layers: loads completely in diffusers, ComfyUI and Forge",
+    "diffusers": "diffusers paths behind lora_unet_ (the official flux-sliders naming): ComfyUI and Forge map none "
+                 "of it; convert to kohya (--to kohya) for those",
+    "peft": "transformer.<path>: loads in diffusers; ComfyUI and Forge map it too (q/k/v into the fused layers)",
+}
+
+
+def key_format_note(path: str | Path, key_format: str) -> str:
+    """What `sliders-convert` says of a file it wrote in `key_format`, for the file's family."""
+    _, metadata = read_slider_file(path)
+    return (FLUX_KEY_FORMAT_NOTES if family_of_slider(metadata) is FLUX else KEY_FORMAT_NOTES)[key_format]
 
 
 # ---------------------------------------------------------------- recommended settings
@@ -219,7 +269,8 @@ def resolution_for(metadata: Mapping[str, str], path: Path, resolution: int | No
         family = family_of_slider(metadata)
         default = DEFAULT_RESOLUTION if family is None else family.defaults.sample_resolution
         resolution = default if recorded is None else recorded
-    _check_multiple(resolution, 8, "--resolution")
+    # FLUX packs 2x2 latent cells of 8 px into a token.
+    _check_multiple(resolution, 16 if family_of_slider(metadata) is FLUX else 8, "--resolution")
     return resolution
 
 
@@ -499,6 +550,196 @@ def comfyui_workflow(
     }
 
 
+# ---------------------------------------------------------------- FLUX.1 in ComfyUI and Forge
+
+# FLUX.1's flow sigmas in ComfyUI and Forge: a table of sigmas at t = k / 10000 (k = 1..10000, float32)
+# shifted by mu, sigma = e^mu / (e^mu + 1/t - 1) (ComfyUI comfy/model_sampling.py `ModelSamplingFlux`,
+# `flux_time_shift`; Forge backend/modules/k_prediction.py `PredictionFlux`). The model is given sigma and
+# scales it by 1000 itself, so its timestep is sigma * 1000: the scale start_noise is read on.
+FLUX_TABLE_SIZE = 10000
+# ComfyUI's ModelSamplingFlux node (comfy_extras/nodes_model_advanced.py): the shift grows linearly in the
+# image's token count (16 x 16 px each) from base_shift at 256 tokens to max_shift at 4096; diffusers'
+# `mu` (`sliders.families.flux.flow_mu`) is the same line with FluxPipeline's scheduler defaults.
+FLUX_BASE_SHIFT, FLUX_MAX_SHIFT = 0.5, 1.15
+FLUX_BASE_TOKENS, FLUX_MAX_TOKENS = 256, 4096
+FLUX_GUIDANCE_RANGE = (0.0, 100.0)  # FluxGuidance's guidance
+# Forge's FLUX-dev predictor is built once with 4096 tokens, whatever the image size: mu 1.15
+# (backend/diffusion_engine/flux.py); its FLUX UI defaults are sampler "Euler", scheduler "Simple"
+# (modules/processing_scripts/sampler.py).
+FORGE_FLUX_SHIFT = 1.15
+
+
+def flux_time_shift(mu: float, t: float) -> float:
+    """ComfyUI's and Forge's sigma of t in (0, 1] for a shift mu (float64)."""
+    return math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0))
+
+
+def flux_shift(width: int, height: int) -> float:
+    """The shift ComfyUI's ModelSamplingFlux node gives an image of width x height px (its default base and
+    max shift), which is diffusers' `mu` for it: the schedule `sliders-sample` uses."""
+    slope = (FLUX_MAX_SHIFT - FLUX_BASE_SHIFT) / (FLUX_MAX_TOKENS - FLUX_BASE_TOKENS)
+    return (width * height / (8 * 8 * 2 * 2)) * slope + (FLUX_BASE_SHIFT - slope * FLUX_BASE_TOKENS)
+
+
+def flux_sigma_table(shift: float) -> torch.Tensor:
+    """The 10000 sigmas of the shifted table, float32, smallest first (`ModelSamplingFlux.sigmas`)."""
+    t = torch.arange(1, FLUX_TABLE_SIZE + 1, 1) / FLUX_TABLE_SIZE
+    return math.exp(shift) / (math.exp(shift) + (1 / t - 1))
+
+
+def flux_simple_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """The "simple" scheduler of ComfyUI (comfy/samplers.py) and Forge (modules/sd_schedulers.py) on the
+    table: every (10000 / steps)-th sigma from the largest, then 0. It is FluxPipeline's schedule,
+    linspace(1, 1/N) shifted, where N divides 10000."""
+    table = flux_sigma_table(shift)
+    stride = len(table) / check_steps(steps)
+    return torch.tensor([float(table[-(1 + int(x * stride))]) for x in range(steps)] + [0.0])
+
+
+def comfyui_flux_percent_to_sigma(percent: float, shift: float) -> float:
+    """ComfyUI's `ModelSamplingFlux.percent_to_sigma`: 1 at 0, 0 at 1, the shifted sigma of 1 - percent."""
+    if percent <= 0.0:
+        return 1.0
+    if percent >= 1.0:
+        return 0.0
+    return flux_time_shift(shift, 1.0 - percent)
+
+
+def comfyui_flux_start_percent(start_noise: float, shift: float) -> float:
+    """The hook keyframe `start_percent` from which ComfyUI runs a FLUX step with the slider on exactly when
+    the step's timestep (sigma * 1000) is at or below `start_noise`, for a model sampled with this shift.
+
+    A keyframe is current from the first model call whose sigma (float32) is at or below
+    `percent_to_sigma(start_percent)` (`HookKeyframeGroup.prepare_current_keyframe` compares them as
+    float32). So the keyframe's sigma is put on s, the largest float32 at or below start_noise / 1000:
+    1 - percent = t with e^mu / (e^mu + 1/t - 1) = s, t = 1 / (1 + e^mu (1/s - 1)). Whatever the
+    scheduler; not rounded. From 1000 on every step is on (percent 0: sigma 1); at 0 none (percent 1).
+    """
+    import numpy as np
+
+    wanted = start_noise / MAX_TIMESTEPS
+    if wanted >= 1.0:
+        return 0.0
+    if wanted <= 0.0:
+        return 1.0
+    target = np.float32(wanted)
+    if float(target) > wanted:
+        target = np.nextafter(target, np.float32(0))
+    target = float(target)
+    percent = 1.0 - 1.0 / (1.0 + math.exp(shift) * (1.0 / target - 1.0))
+    # Float64 rounding can leave the keyframe's sigma a hair off s; step the percent until it rounds to s.
+    for _ in range(64):
+        got = float(np.float32(comfyui_flux_percent_to_sigma(percent, shift)))
+        if got == target:
+            break
+        percent = math.nextafter(percent, 0.0 if got < target else 1.0)
+    return min(max(percent, 0.0), 1.0)
+
+
+def comfyui_flux_workflow(
+    lora_name: str,
+    scale: float,
+    start_noise: float,
+    *,
+    transformer: str = "flux1-dev.safetensors",
+    prompt: str = "a photo of a person",
+    steps: int = 30,
+    guidance: float = 3.5,
+    seed: int = 0,
+    width: int = 512,
+    height: int = 512,
+) -> dict[str, Any]:
+    """ComfyUI's FLUX.1 graph (API format) with the slider as a hook LoRA switched on at `start_noise`.
+
+    The transformer from `UNETLoader`, T5-XXL and CLIP-L from `DualCLIPLoader` (type flux), the VAE from
+    `VAELoader`; `ModelSamplingFlux` at the image size gives the schedule the shift `sliders-sample` uses
+    (diffusers' mu), and the hook keyframe's `start_percent` is computed for that shift
+    (`comfyui_flux_start_percent`). The prompt's guidance goes in as FLUX-dev's embedding (`FluxGuidance`);
+    the KSampler runs at cfg 1 (no classifier-free guidance, as FluxPipeline), euler on the "simple"
+    schedule (FluxPipeline's linspace(1, 1/N), shifted). Hooks as in `comfyui_workflow`.
+    """
+    low, high = COMFYUI_STRENGTH_RANGE
+    if not low <= scale <= high:
+        raise InputError(f"--scale {scale:g} is outside ComfyUI's hook LoRA strength range ({low:g} to {high:g})")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+        raise InputError(f"--seed must be a whole number from 0 to 2**64 - 1 for ComfyUI, got {seed!r}")
+    if not FLUX_GUIDANCE_RANGE[0] <= guidance <= FLUX_GUIDANCE_RANGE[1]:
+        raise InputError(f"guidance {guidance:g} is outside FluxGuidance's range (0 to 100)")
+    shift = flux_shift(width, height)
+    percent = comfyui_flux_start_percent(start_noise, shift)
+
+    def node(class_type: str, title: str, **inputs: Any) -> dict[str, Any]:
+        return {"class_type": class_type, "inputs": inputs, "_meta": {"title": title}}
+
+    return {
+        "1": node("UNETLoader", "Load the FLUX transformer (models/diffusion_models)", unet_name=transformer,
+                  weight_dtype="default"),
+        "2": node("DualCLIPLoader", "Load T5-XXL and CLIP-L (models/text_encoders)", clip_name1="t5xxl_fp16.safetensors",
+                  clip_name2="clip_l.safetensors", type="flux"),
+        "3": node("VAELoader", "Load the FLUX VAE (models/vae)", vae_name="ae.safetensors"),
+        "4": node("ModelSamplingFlux", f"Schedule shift for {width}x{height} (as diffusers)", model=["1", 0],
+                  max_shift=FLUX_MAX_SHIFT, base_shift=FLUX_BASE_SHIFT, width=width, height=height),
+        "5": node("CreateHookLoraModelOnly", "Slider (model-only hook LoRA)", lora_name=lora_name,
+                  strength_model=scale),
+        "6": node("CreateHookKeyframe", "Slider off above start_noise", strength_mult=0.0, start_percent=0.0),
+        "7": node("CreateHookKeyframe", f"Slider on from start_noise {start_noise:g}", strength_mult=1.0,
+                  start_percent=percent, prev_hook_kf=["6", 0]),
+        "8": node("SetHookKeyframes", "Schedule the slider", hooks=["5", 0], hook_kf=["7", 0]),
+        "9": node("CLIPTextEncode", "Prompt", text=prompt, clip=["2", 0]),
+        "10": node("CLIPTextEncode", "Empty negative (unused at cfg 1)", text="", clip=["2", 0]),
+        "11": node("FluxGuidance", "Guidance embedding", conditioning=["9", 0], guidance=float(guidance)),
+        "12": node("PairConditioningSetProperties", "Slider on the conditioning", positive_NEW=["11", 0],
+                   negative_NEW=["10", 0], strength=1.0, set_cond_area="default", hooks=["8", 0]),
+        "13": node("EmptySD3LatentImage", "Latent", width=width, height=height, batch_size=1),
+        "14": node("KSampler", "Sample", model=["4", 0], seed=seed, steps=check_steps(steps), cfg=1.0,
+                   sampler_name="euler", scheduler="simple", positive=["12", 0], negative=["12", 1],
+                   latent_image=["13", 0], denoise=1.0),
+        "15": node("VAEDecode", "Decode", samples=["14", 0], vae=["3", 0]),
+        "16": node("SaveImage", "Save", images=["15", 0], filename_prefix=f"slider_{scale:+g}"),
+    }
+
+
+FORGE_FLUX = Webui("Forge", "Euler", "Simple", lambda steps: flux_simple_sigmas(steps, FORGE_FLUX_SHIFT),
+                   lambda sigma: float(sigma) * MAX_TIMESTEPS)
+
+
+def forge_flux_prompts(lora_name: str, scale: float, start_noise: float, steps: int) -> dict[str, Any]:
+    """LoRA Block Weight's syntax for a FLUX slider in Forge, and the steps: `lbw`, `first_on` (the step the
+    rule asks for on Forge's FLUX default), `lbw_first_on` (the step the syntax switches on at).
+
+    LoRA Block Weight treats a FLUX model with its 61-weight FLUX presets (`FLUXALL`, every block 1) and
+    holds the LoRA at 0 until the counter equals `start` (`lbwf`, then `apply_weight` at that step), as
+    for SDXL in Forge (`lbw_start_forge`)."""
+    first = webui_first_on_step(FORGE_FLUX, steps, start_noise)
+    start, on = lbw_start_forge(first)
+    return {"lbw": f"<lora:{lora_name}:{_number(scale)}:lbw=FLUXALL:start={start}>", "first_on": first,
+            "lbw_first_on": min(on, steps)}
+
+
+def forge_flux_text(lora_name: str, scale: float, start_noise: float, steps: int) -> str:
+    syntax = forge_flux_prompts(lora_name, scale, start_noise, steps)
+    lines = [
+        f"# FLUX slider '{lora_name}' at scale {scale:g}, off while the timestep (sigma * 1000) is above {start_noise:g}.",
+        f"# Computed for {steps} sampling steps on Forge's FLUX-dev default: sampler {FORGE_FLUX.sampler}, schedule "
+        f"type {FORGE_FLUX.scheduler}",
+        f"# (Forge's FLUX-dev schedule shift is {FORGE_FLUX_SHIFT:g} at every image size): "
+        f"{_when(syntax['first_on'], steps)}.",
+        "# Another sampler, schedule type or step count switches at another step: export again with --steps N.",
+        "# LoRA Block Weight reads webui's step counter, which during a step still holds the previous step's number",
+        "# (0 for the first two steps); the number below allows for that.",
+    ]
+    if steps > 1 and syntax["first_on"] == 1:
+        lines.append("# That counter cannot tell step 1 from step 2, so the slider comes on at step 3 here.")
+    lines += [
+        "# Put the slider file in models/Lora; with LoRA Block Weight",
+        "# (https://github.com/hako-mikan/sd-webui-lora-block-weight) and its Active box ticked, add to the prompt:",
+        syntax["lbw"],
+        "# Without it, <lora:name:w> applies the slider at every step (no start_noise switch):",
+        f"<lora:{lora_name}:{_number(scale)}>",
+    ]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- diffusers
 
 
@@ -562,6 +803,67 @@ print("wrote", {output!r})
 '''
 
 
+FLUX_DIFFUSERS_SNIPPET = '''\
+# FLUX.1 concept slider with the start_noise switch, in plain diffusers (needs peft installed).
+# The same image as: sliders-sample --slider {slider_flag} --scales {scale:g} --prompt {prompt_flag} \\
+#     --seeds {seed} --steps {steps} --start_noise {start_noise:g} --guidance_scale {guidance_scale:g} \\
+#     --resolution {height}
+import torch
+from diffusers import FluxPipeline
+
+MODEL = {model!r}
+SLIDER = {slider!r}
+SCALE = {scale!r}  # the slider's strength once it is on
+START_NOISE = {start_noise!r}  # the slider is off while the timestep (sigma * 1000) is above this
+PROMPT = {prompt!r}
+SEED = {seed!r}
+STEPS = {steps!r}
+GUIDANCE = {guidance_scale!r}  # FLUX-dev's guidance embedding (no classifier-free guidance)
+HEIGHT, WIDTH = {height!r}, {width!r}
+
+# A GPU in bf16 where there is one (fp16 where bf16 is not supported), else the CPU in fp32.
+if torch.cuda.is_available():
+    device, dtype = "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+else:
+    device, dtype = "cpu", torch.float32
+
+pipe = FluxPipeline.from_pretrained(MODEL, torch_dtype=dtype).to(device)
+pipe.load_lora_weights(SLIDER, adapter_name="slider")
+
+
+def switch_slider(pipe, step, timestep, callback_kwargs):
+    # Runs after each step: set the weight the next step uses from the next step's timestep.
+    timesteps = pipe.scheduler.timesteps
+    if step + 1 < len(timesteps):
+        on = float(timesteps[step + 1]) <= START_NOISE
+        pipe.set_adapters(["slider"], adapter_weights=[SCALE if on else 0.0])
+    return callback_kwargs
+
+
+# FLUX's flow schedule starts at sigma 1 (timestep 1000) whatever its shift: the first step's weight.
+pipe.set_adapters(["slider"], adapter_weights=[SCALE if 1000 <= START_NOISE else 0.0])
+# The starting noise as sliders-sample draws it: N(0, 1) in float32 on the CPU from the seed, (1, C, h, w),
+# then packed into FluxPipeline's tokens of 2x2 latent cells.
+factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+channels, h, w = pipe.transformer.config.in_channels // 4, HEIGHT // factor, WIDTH // factor
+noise = torch.randn((1, channels, h, w), generator=torch.Generator("cpu").manual_seed(SEED), dtype=torch.float32)
+latents = noise.view(1, channels, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, h * w // 4, channels * 4)
+image = pipe(
+    PROMPT,
+    num_inference_steps=STEPS,
+    guidance_scale=GUIDANCE,
+    height=HEIGHT,
+    width=WIDTH,
+    latents=latents.to(dtype),
+    generator=torch.Generator("cpu").manual_seed(SEED),
+    max_sequence_length=min(pipe.tokenizer_2.model_max_length, 512),
+    callback_on_step_end=switch_slider,
+).images[0]
+image.save({output!r})
+print("wrote", {output!r})
+'''
+
+
 def diffusers_snippet(
     slider: str,
     scale: float,
@@ -580,7 +882,8 @@ def diffusers_snippet(
     """A runnable Python snippet that samples with the slider switched on at `start_noise`.
 
     The weight follows the same rule as `sliders-sample`: a step runs with the slider on when its
-    timestep is at or below `start_noise`. A built-in model name becomes its local folder; the
+    timestep is at or below `start_noise` (FLUX: a FluxPipeline script, the timestep being sigma * 1000).
+    A built-in model name becomes its local folder; the
     device and dtype are chosen where the snippet runs. Its starting noise is drawn as
     `sampling.initial_latents` draws it, so it gives `sliders-sample`'s image.
     """
@@ -589,7 +892,8 @@ def diffusers_snippet(
     model = resolve_model(model)
     if Path(model).exists():  # a local folder or file: absolute, so that the snippet runs from anywhere
         model = str(Path(model).resolve())
-    return DIFFUSERS_SNIPPET.format(
+    template = FLUX_DIFFUSERS_SNIPPET if pipeline_class == FLUX.pipeline_class else DIFFUSERS_SNIPPET
+    return template.format(
         model=model, slider=slider, scale=float(scale), start_noise=float(start_noise),
         steps=check_steps(steps), prompt=prompt, guidance_scale=float(guidance_scale), height=height, width=width,
         seed=seed, output=output, slider_flag=shlex.quote(slider), prompt_flag=shlex.quote(prompt),

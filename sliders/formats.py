@@ -14,6 +14,11 @@ ways, and this module turns each into that name and back:
 - `peft`: diffusers' `save_lora_weights` naming (`unet.<path>.lora_A.weight`, `.lora_B.weight`),
   which has no alpha; `alpha / rank` is folded into `lora_B` when written.
 
+FLUX.1 files (`sliders.families.flux`) name the transformer's layers: kohya's fused BFL paths
+(`lora_unet_double_blocks_0_img_attn_qkv`), diffusers paths behind `lora_unet_` (the official
+flux-sliders `.pt` files: `lora_unet_transformer_blocks_0_attn_to_q`), or `transformer.<path>` (PEFT);
+`is_flux_file` tells them from UNet files by their names.
+
 Read only: diffusers' older training-script naming (`unet.<path>.lora.down.weight`,
 `<path>.processor.to_q_lora.down.weight`), PEFT alphas from diffusers' `lora_adapter_metadata`, and
 LDM paths under `diffusion_model.`. Text-encoder keys are counted and left out.
@@ -182,6 +187,18 @@ class NameMap:
 def unet_config(unet: Any) -> dict[str, Any]:
     """The plain-dict config of a diffusers UNet (what the name map and file metadata need)."""
     return {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+
+
+# Key beginnings only FLUX files have: kohya's BFL blocks, diffusers' transformer blocks (behind lora_unet_,
+# as the official flux-sliders code names them, or PEFT's transformer. prefix).
+_FLUX_KEY_PREFIXES = ("lora_unet_double_blocks_", "lora_unet_single_blocks_", "lora_unet_transformer_blocks_",
+                      "lora_unet_single_transformer_blocks_", "transformer.transformer_blocks.",
+                      "transformer.single_transformer_blocks.")
+
+
+def is_flux_file(keys) -> bool:
+    """Whether a slider file's tensor names are those of a FLUX transformer (no UNet key has these)."""
+    return any(str(key).startswith(_FLUX_KEY_PREFIXES) for key in keys)
 
 
 def is_ldm_name(name: str) -> bool:

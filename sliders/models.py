@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -95,12 +96,15 @@ def resolve_model(name_or_path: str) -> str:
 
 def load_pipeline(
     name_or_path: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", *,
-    family: str | None = None, v2: bool = False,
+    family: str | None = None, v2: bool = False, transformer: str | None = None,
 ):
     """A pipeline from a diffusers folder, a hub id, or one `.safetensors`/`.ckpt` file, of the family
     `family` names, else the one its files show (`sliders.families.family_of_source`; the official `v2`
-    flag means SD 2.x). A model of no supported family is one line."""
-    from .families import family_named, family_of_pipe, family_of_source
+    flag means SD 2.x). A model of no supported family is one line.
+
+    `transformer` (FLUX.1 only): a single-file transformer in BFL's naming (`flux1-dev.safetensors`)
+    that replaces the folder's or hub id's; everything else, its config included, comes from there."""
+    from .families import FLUX, family_named, family_of_pipe, family_of_source
 
     source = resolve_model(name_or_path)
     path = Path(source).expanduser()
@@ -112,6 +116,17 @@ def load_pipeline(
     if path.is_dir() and not (path / "model_index.json").is_file():
         raise InputError(f"base model folder '{source}' has no model_index.json; give a diffusers folder")
     known = family_of_source(source, family=family, v2=v2)
+    if known is FLUX and path.is_file():
+        raise InputError(f"base model file '{source}' is a FLUX.1 checkpoint, which holds the transformer only; set "
+                         "pretrained_model.name_or_path to a FLUX.1 diffusers folder or hub id (black-forest-labs/"
+                         f"FLUX.1-dev) and pretrained_model.transformer to '{source}'")
+    components = {}
+    if transformer:
+        if path.is_file() or (known is not None and known is not FLUX):
+            kind = "a single file" if known is None else known.label
+            raise InputError(f"pretrained_model.transformer replaces a FLUX.1 transformer, but base model '{source}' is "
+                             f"{kind}; remove the key or give a FLUX.1 diffusers folder or hub id")
+        components["transformer"] = load_flux_transformer(transformer, source, dtype)
     if known is None and path.is_file():
         from .families import SDXL
 
@@ -121,13 +136,158 @@ def load_pipeline(
         if path.is_file():
             pipe = pipeline_class.from_single_file(str(path), dtype=dtype)
         else:
-            pipe = pipeline_class.from_pretrained(str(path) if path.is_dir() else source, dtype=dtype)
+            pipe = pipeline_class.from_pretrained(str(path) if path.is_dir() else source, dtype=dtype, **components)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"could not load base model '{source}': {first}; check the name, path or network") from None
     if known is None:
-        family_of_pipe(pipe)  # a hub model of an unsupported kind is refused here
+        loaded = family_of_pipe(pipe)  # a hub model of an unsupported kind is refused here
+        if transformer and loaded is not FLUX:
+            raise InputError(f"pretrained_model.transformer replaces a FLUX.1 transformer, but base model '{source}' is "
+                             f"{loaded.label}; remove the key or give a FLUX.1 folder or hub id")
     return pipe.to(device)
+
+
+def check_transformer_file(file: str) -> Path:
+    """The path of `pretrained_model.transformer` if it is a readable `.safetensors` file whose tensor
+    names (its header only) are a FLUX.1 transformer's in BFL's naming; else one line."""
+    from .families import FLUX, _safetensors_keys
+
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise InputError(f"pretrained_model.transformer '{file}' does not exist; give a FLUX.1 transformer "
+                         ".safetensors file (flux1-dev.safetensors)")
+    if path.suffix.lower() != ".safetensors":
+        raise InputError(f"pretrained_model.transformer '{file}' must be a .safetensors file")
+    try:
+        keys = _safetensors_keys(path)
+    except (OSError, ValueError, struct.error) as error:
+        raise InputError(f"pretrained_model.transformer '{file}' is not a readable .safetensors file ({error})") from None
+    if not FLUX.claims_checkpoint(keys):
+        raise InputError(f"pretrained_model.transformer '{file}' is not a FLUX.1 transformer in BFL's naming (no "
+                         "'double_blocks.' tensors); give flux1-dev.safetensors or flux1-schnell.safetensors")
+    return path
+
+
+def load_flux_transformer(file: str, base: str, dtype: torch.dtype = torch.float32):
+    """A FluxTransformer2DModel from a single BFL-named `.safetensors` file, with the config of the base
+    model's `transformer/` (a local folder, or a hub id: its config only). The file is recognised by its
+    tensor names and checked tensor by tensor against that config before any weight is used: a file
+    that is not a FLUX.1 transformer, or not one of this config's size, is one line."""
+    from diffusers import FluxTransformer2DModel
+    from safetensors import SafetensorError, safe_open
+
+    from .families.flux_checkpoint import to_diffusers, transformer_keys
+
+    path = check_transformer_file(file)
+    try:
+        config = FluxTransformer2DModel.load_config(base, subfolder="transformer")
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"could not read the transformer config of base model '{base}' for pretrained_model."
+                         f"transformer: {first}; give a FLUX.1 diffusers folder or hub id") from None
+    with torch.device("meta"):
+        shapes = {key: t.shape for key, t in FluxTransformer2DModel.from_config(config).state_dict().items()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:  # the transformer's tensors only
+            tensors = {key: handle.get_tensor(key) for key in transformer_keys(handle.keys())}
+    except (OSError, SafetensorError) as error:
+        raise InputError(f"pretrained_model.transformer '{file}' could not be read ({error})") from None
+    state = to_diffusers(tensors, shapes, config["num_layers"], config["num_single_layers"], source=file)
+    # Already in diffusers' layout: from_single_file only builds the model from `config` and loads it.
+    return FluxTransformer2DModel.from_single_file(state, config=base, subfolder="transformer", torch_dtype=dtype)
+
+
+QUANTIZED_BLOCKS = ("transformer_blocks", "single_transformer_blocks")  # FLUX's blocks: nearly all its weights
+
+
+def check_quantize(mode: str, family, device: torch.device | str, compute_dtype: torch.dtype = torch.bfloat16) -> None:
+    """One line unless `pretrained_model.quantize` `mode` can run here: FLUX.1 only (a UNet family
+    trains unquantized), on CUDA or the CPU, with a bitsandbytes that runs a small layer of that kind
+    forward and backward on this device (its CPU backend depends on its version)."""
+    if mode == "none":
+        return
+    where = f"pretrained_model.quantize {mode}"
+    if not family.flow_matching:
+        raise InputError(f"{where} quantizes FLUX.1's transformer; {family.label} trains unquantized (its UNet "
+                         "fits); set pretrained_model.quantize to none")
+    device = torch.device(device)
+    if device.type not in ("cuda", "cpu"):
+        raise InputError(f"{where} runs on CUDA (or bitsandbytes' CPU backend), not {device.type}; "
+                         "use --device cuda or set pretrained_model.quantize to none")
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise InputError(f"{where} needs bitsandbytes: pip install 'sliders[8bit]', or set "
+                         "pretrained_model.quantize to none") from None
+    failure = _quantized_failure(mode, device, compute_dtype)
+    if failure:
+        raise InputError(f"{where}: bitsandbytes {bitsandbytes.__version__} cannot run {mode} layers on {device.type} "
+                         f"({failure}); train on a CUDA GPU or set pretrained_model.quantize to none")
+
+
+def quantize_denoiser(model: torch.nn.Module, mode: str, device: torch.device | str, family,
+                      compute_dtype: torch.dtype = torch.bfloat16) -> int:
+    """Replace every Linear of a FLUX transformer's double and single blocks by bitsandbytes' 8-bit
+    (LLM.int8, outlier threshold 6) or 4-bit (NF4) layer, quantized as it moves to `device` (one layer
+    at a time: the float weights never reach the device). Embedders and the output layer stay float.
+    The quantized weights are frozen; a slider's adaptors hook the new layers as they hook a Linear
+    (they are Linear subclasses with the same in/out features) and stay float32. Returns the number
+    of layers replaced; `mode` 'none' does nothing. Checked first (`check_quantize`)."""
+    if mode == "none":
+        return 0
+    check_quantize(mode, family, device, compute_dtype)
+    count = 0
+    for blocks in QUANTIZED_BLOCKS:
+        for module in list(getattr(model, blocks).modules()):
+            for child_name, child in list(module.named_children()):
+                if type(child) is torch.nn.Linear:
+                    setattr(module, child_name, quantized_linear(child, mode, compute_dtype).to(device))
+                    count += 1
+    logger.info("pretrained_model.quantize %s: %d Linear layers of the transformer quantized on %s", mode, count,
+                device)
+    return count
+
+
+def quantized_linear(linear: torch.nn.Linear, mode: str, compute_dtype: torch.dtype) -> torch.nn.Linear:
+    """A bitsandbytes copy of `linear` (frozen), not yet quantized: that happens when it moves to a device."""
+    import bitsandbytes as bnb
+
+    bias = linear.bias is not None
+    if mode == "8bit":
+        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias, has_fp16_weights=False,
+                                    threshold=6.0)
+        layer.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False, has_fp16_weights=False)
+    elif mode == "4bit":
+        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias, compute_dtype=compute_dtype,
+                                  quant_type="nf4")
+        layer.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type="nf4")
+        # bitsandbytes' repacked CPU inference kernel (no-grad calls in eval mode) refuses layers whose sizes
+        # are not multiples of its blocks; the plain 4-bit path computes the same function at any size.
+        layer.support_avx512bf16_for_cpu = False
+    else:
+        raise InputError(f"pretrained_model.quantize is {mode!r}; choose none, 8bit or 4bit")
+    if bias:
+        layer.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+    return layer.train(linear.training)
+
+
+def _quantized_failure(mode: str, device: torch.device, compute_dtype: torch.dtype) -> str:
+    """'' when this bitsandbytes runs a `mode` layer's forward and backward (to its input, as the
+    slider's gradient flows) on `device`, else the first line of what went wrong."""
+    try:
+        layer = quantized_linear(torch.nn.Linear(64, 64), mode, compute_dtype).to(device)
+        inputs = torch.randn(2, 64, device=device, dtype=compute_dtype, requires_grad=True)
+        layer.eval()
+        with torch.no_grad():  # as in partial denoising and the frozen predictions
+            layer(inputs)
+        layer(inputs).float().sum().backward()
+        if inputs.grad is None or not torch.isfinite(inputs.grad).all():
+            return "no finite gradient through the layer"
+    except Exception as error:  # noqa: BLE001 - any failure of the library means it cannot run here
+        text = str(error).strip()
+        return text.splitlines()[0] if text else type(error).__name__
+    return ""
 
 
 def vae_factor(vae) -> int:
@@ -430,3 +590,30 @@ def read_unet_config(name_or_path: str) -> dict | None:
     except (OSError, ValueError) as error:
         logger.debug("no UNet config for %s before loading it: %s", source, error)
         return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring models (sliders-eval --measurer clip)
+# --------------------------------------------------------------------------------------------------
+
+
+def load_clip(name_or_path: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    """(model, processor) of a CLIP checkpoint in transformers' format: a folder (with its tokenizer and
+    `preprocessor_config.json`) or a hub id such as `openai/clip-vit-large-patch14`. The model is in
+    eval mode on `device`; anything that cannot be loaded is one line."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    path = Path(name_or_path).expanduser()
+    looks_local = name_or_path.startswith((".", "/", "~")) or path.exists()
+    if looks_local and not path.is_dir():
+        raise InputError(f"CLIP model '{name_or_path}' is not a folder; give a CLIP folder in transformers' format or a "
+                         "hub id such as openai/clip-vit-large-patch14")
+    source = str(path) if looks_local else name_or_path
+    try:
+        model = CLIPModel.from_pretrained(source, dtype=dtype)
+        processor = CLIPProcessor.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"could not load CLIP model '{name_or_path}': {first}; give a CLIP folder or hub id "
+                         "(--measurer_arg model=...), downloaded beforehand when offline") from None
+    return model.to(device).eval(), processor

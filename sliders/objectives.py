@@ -300,6 +300,7 @@ class ImageObjective:
         device: torch.device,
         folders_per_step: int | None = None,
         family: Family = SDXL,
+        timestep_range: tuple[int, int] | None = None,
     ):
         if max_denoising_steps < 2:
             raise InputError("train.max_denoising_steps must be at least 2 for image sliders")
@@ -316,6 +317,8 @@ class ImageObjective:
         self.folders_per_step = folders_per_step
         self.v_pred = v_pred
         self.family = family
+        self.step_choices = None if timestep_range is None else steps_in_range(
+            scheduler, max_denoising_steps, timestep_range, device)
 
     def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
         chosen, stems, k, clean, noise = draw_pairs(self, rng, generator, self.total_steps)
@@ -342,6 +345,18 @@ class ImageObjective:
 
 
 
+def steps_in_range(scheduler, total_steps: int, bounds: tuple[int, int], device) -> list[int]:
+    """The steps `k` (1 .. total_steps - 1, as `draw_step` draws) whose training timestep lies in
+    `bounds` (inclusive); an InputError when none does."""
+    low, high = bounds
+    chosen = [k for k in range(1, total_steps)
+              if low <= int(training_timestep(scheduler, k, total_steps, device)) <= high]
+    if not chosen:
+        raise InputError(f"no training step of the {total_steps}-step schedule has its timestep in data.timestep_range "
+                         f"[{low}, {high}]; widen the range")
+    return chosen
+
+
 def draw_pairs(objective, rng: random.Random, generator: torch.Generator, steps: int):
     """What an image-pair step draws, in this order: the folders to train, one stem per batch element,
     the step `k` of a `steps`-step schedule, a fresh posterior sample of every chosen image (as the
@@ -350,7 +365,8 @@ def draw_pairs(objective, rng: random.Random, generator: torch.Generator, steps:
     (chosen, stems, k, {folder: clean latents (B, C, H/f, W/f)}, noise)."""
     chosen = choose_folders(objective.pairs.scales, rng, objective.folders_per_step)
     stems = [rng.randrange(len(objective.pairs.stems)) for _ in range(objective.entry.batch_size)]
-    k = draw_step(rng, steps)
+    choices = getattr(objective, "step_choices", None)
+    k = draw_step(rng, steps) if choices is None else rng.choice(choices)
     device = objective.device
     clean = {i: torch.cat([objective.latents.get(i, s, generator) for s in stems]).to(device) for i in chosen}
     noise = torch.randn(clean[chosen[0]].shape, generator=generator).to(device)

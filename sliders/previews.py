@@ -129,7 +129,7 @@ def make_previews(
         return None
     prompts = tuple(settings.prompts) or tuple(default_prompts)
     size = settings.resolution or resolution
-    multiple = math.lcm(8, vae_factor(pipe.vae))
+    multiple = math.lcm(8, family_of_pipe(pipe).pixel_multiple(vae_factor(pipe.vae)))  # FLUX: 2x2 patches
     if size % multiple:
         raise InputError(f"config key 'sample.resolution' is {size}, but this model's images need a multiple of "
                          f"{multiple}; pick e.g. {max(multiple, size // multiple * multiple)}")

@@ -32,11 +32,11 @@ from .config import PRECISION_ALIASES
 from .distributed import SINGLE, Processes
 from .distributed import start as start_processes
 from .errors import InputError, Interrupted, OutputError, Terminated
-from .families import SDXL, check_family, family_of_pipe, family_of_slider, family_of_source
+from .families import SDXL, Family, check_family, family_of_pipe, family_of_slider, family_of_source
 from .files import atomic_path
 # Also imported from here by callers older than `grids`, hence the names this module does not use.
 from .grids import ROW_LABEL_WIDTH, combination_label, drawable, make_grid  # noqa: F401
-from .models import DTYPES, load_pipeline, parse_device, vae_factor
+from .models import DTYPES, load_pipeline, parse_device, resolve_model, vae_factor
 from .prompts import MAX_RESOLUTION
 from .network import SliderNetwork, load_slider, read_slider_file
 from .runs import RunLock, check_writable_folder, remove_leftovers
@@ -214,6 +214,33 @@ def _check_size(height: Any, width: Any, factor: int, what: str = "image") -> No
     _check_multiple(width, multiple, f"{what} width")
 
 
+def read_vae_factor(model: str, family: Family) -> int:
+    """Pixels per latent cell of a base model's VAE, from its `vae/config.json` without weights (a diffusers
+    folder, the built-in models, a hub id in the local cache); the family's usual VAE where that cannot be read."""
+    from diffusers import AutoencoderKL
+
+    source = resolve_model(model)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        try:
+            config = AutoencoderKL.load_config(str(path) if path.is_dir() else source, subfolder="vae")
+            return 2 ** (len(config["block_out_channels"]) - 1)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.debug("no VAE config for %s before loading it: %s", source, error)
+    return family.defaults.vae_factor
+
+
+def check_resolution(value: int, what: str, family: Family, factor: int) -> None:
+    """One line when an image side does not fit the family's latents: FLUX packs 2x2 latent cells
+    into a token, so its sides are multiples of twice the VAE factor (16 px), not only of 8."""
+    multiple = family.pixel_multiple(factor)
+    if value % multiple:
+        low = max(multiple, value // multiple * multiple)
+        raise InputError(f"{what} {value} is not a multiple of {multiple}, which {family.label} needs ({factor} px "
+                         f"latent cells{' in 2x2 patches' if multiple == 2 * factor else ''}); pick {low} or "
+                         f"{low + multiple}")
+
+
 def _metadata_resolution(metadata: dict[str, str], path: Path) -> int | None:
     text = metadata.get("sliders_resolution")
     if text is None:
@@ -348,6 +375,8 @@ def generate(
 
     pipe.set_progress_bar_config(disable=True)
     family = family_of_pipe(pipe)
+    check_resolution(height, "image height", family, factor)
+    check_resolution(width, "image width", family, factor)
     model = family.denoiser(pipe)
     channels = model.config.in_channels
     if family.flow_matching:
@@ -560,6 +589,7 @@ class RunPlan:
     resolution: int
     output: Path
     slider_names: tuple[str, ...]
+    family: Family = SDXL  # the base model's family (its files, else the first slider's record)
 
 
 def plan_run(
@@ -640,6 +670,9 @@ def plan_run(
     if occupied:
         raise InputError(f"output '{output}' exists and is not a folder; choose another --output")
     check_base_model(specs, contents, model, given=bool(pretrained_model))
+    family = family_of_source(resolve_model(model)) or family_of_slider(metadatas[0]) or SDXL
+    if family.flow_matching:  # known before the model loads, from its VAE config
+        check_resolution(resolution, "--resolution", family, read_vae_factor(model, family))
     return RunPlan(
         specs=specs,
         scale_lists=scale_lists,
@@ -656,6 +689,7 @@ def plan_run(
         resolution=resolution,
         output=output,
         slider_names=tuple(distinct_stems([spec.path for spec in specs])),
+        family=family,
     )
 
 
@@ -670,6 +704,7 @@ def loaded(plan: RunPlan, *, loader: Callable | None = None) -> Iterator[tuple[A
     logger.info("loading base model %s (%s on %s)", plan.model, plan.precision, plan.device)
     pipe = (loader or load_pipeline)(plan.model, plan.dtype, plan.device)
     _check_multiple(plan.resolution, math.lcm(8, vae_factor(pipe.vae)), "--resolution")
+    check_resolution(plan.resolution, "--resolution", family_of_pipe(pipe), vae_factor(pipe.vae))
     sliders: list[SliderNetwork] = []
     try:
         for spec in plan.specs:

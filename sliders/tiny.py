@@ -224,7 +224,7 @@ def build_tiny_sd_pipeline(v2: bool = False, words: Iterable[str] = DEFAULT_WORD
     )
 
 
-def _t5_tokenizer(words: Iterable[str], model_max_length: int = 32):
+def t5_tokenizer(words: Iterable[str], model_max_length: int = 32):
     """A T5 tokenizer (Unigram, sentencepiece-style `▁` word starts) whose vocabulary is the letters plus
     the given whole words; other text encodes letter by letter. Built with the tokenizers library: no download."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -251,7 +251,7 @@ def build_tiny_flux_pipeline(words: Iterable[str] = DEFAULT_WORDS, seed: int = 0
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer = _tokenizer(words)
-    tokenizer_2 = _t5_tokenizer(words)
+    tokenizer_2 = t5_tokenizer(words)
     torch.manual_seed(seed)
     # Rotary axes must sum to the head dim; in_channels = 16 latent channels x 2x2 patches.
     transformer = FluxTransformer2DModel(

@@ -34,14 +34,15 @@ from .config import Config, SaveConfig, config_to_dict, run_folder_name, save_co
 from .data import LatentSource, PairedFolders
 from .distributed import SINGLE, Processes, process_seed
 from .errors import InputError, Interrupted, Terminated, TrainingError
-from .families import SDXL, Family, family_of_pipe
-from .models import DTYPES, load_pipeline, make_scheduler, predict_noise, prediction_of, vae_factor
+from .families import SDXL, Family, family_of_pipe, family_of_source
+from .models import (DTYPES, check_quantize, load_pipeline, make_scheduler, predict_noise, prediction_of,
+                     quantize_denoiser, vae_factor)
 from .network import SliderNetwork
 from .objectives import FlowImageObjective, FlowTextObjective, ImageObjective, TextObjective, image_prompts
 from .previews import Previews, encode_preview_prompts, make_previews, preview_path
 from .prompts import PromptEntry, distinct_prompts
 from .runs import RunFolder, ResumePoint, checkpoint_path, prepare_run_folder, read_state, state_paths, write_state
-from .sampling import write_png
+from .sampling import check_resolution, read_vae_factor, write_png
 from .stats import RunStats
 
 logger = logging.getLogger(__name__)
@@ -74,10 +75,44 @@ def check_training_inputs(config: Config) -> None:
             optimizer.step()
         except (TypeError, ValueError, RuntimeError) as error:
             raise InputError(f"train.optimizer_args {args!r} do not work with optimizer '{name}': {error}") from None
+    _check_base_options(config)
     if config.logging.tensorboard_dir:
         _optional("torch.utils.tensorboard", "tensorboard", "logging.tensorboard_dir")
     if config.logging.use_wandb:
         _optional("wandb", "wandb", "logging.use_wandb")
+
+
+def _check_base_options(config: Config) -> None:
+    """`pretrained_model.transformer` and `.quantize` (FLUX.1 only) before the model loads, where the
+    base model's family is known from its files; whether bitsandbytes runs on the device is `setup`'s."""
+    from .models import check_transformer_file, resolve_model
+
+    model = config.pretrained_model
+    if not model.transformer and model.quantize == "none":
+        return
+    family = family_of_source(resolve_model(model.name_or_path), family=model.family, v2=model.v2)
+    for key, on in (("transformer", bool(model.transformer)), ("quantize", model.quantize != "none")):
+        if on and family is not None and not family.flow_matching:
+            raise InputError(f"config key 'pretrained_model.{key}' is for FLUX.1, but base model "
+                             f"'{model.name_or_path}' is {family.label}; remove the key")
+    if model.transformer:
+        check_transformer_file(model.transformer)
+
+
+def check_resolutions(config: Config, resolutions: Sequence[tuple[str, int]]) -> None:
+    """Before the model loads: every (key, resolution) of the run, and `sample.resolution`, fits the base
+    model's latents where its family packs them (FLUX: multiples of 16, `sampling.check_resolution`).
+    A model whose family is known only once loaded is checked then (`setup`)."""
+    from .models import resolve_model
+
+    model = config.pretrained_model
+    family = family_of_source(resolve_model(model.name_or_path), family=model.family, v2=model.v2)
+    if family is None or not family.flow_matching:
+        return
+    factor = read_vae_factor(model.name_or_path, family)
+    extra = [("config key 'sample.resolution'", config.sample.resolution)] if config.sample.resolution else []
+    for what, value in [*resolutions, *extra]:
+        check_resolution(value, what, family, factor)
 
 
 def parse_optimizer_args(text: str) -> dict:
@@ -216,18 +251,23 @@ class Setup:
 
 def setup(
     config: Config, prompts: Sequence[str], device: torch.device, *, keep_vae: bool,
-    preview_prompts: Sequence[str] = (), resolution: int = 512,
+    preview_prompts: Sequence[str] = (), resolution: int = 512, resolutions: Sequence[tuple[str, int]] = (),
 ) -> Setup:
     """Load the base model, embed every distinct prompt once, attach a fresh slider network.
 
     With `sample.every`, also the previews: their prompts (`sample.prompts`, else `preview_prompts`)
-    are encoded with the training prompts, at `sample.resolution`, else `resolution`.
+    are encoded with the training prompts, at `sample.resolution`, else `resolution`. `resolutions`
+    ((key, value) pairs) are checked against the loaded model's latents before it does any work.
     """
     stats = RunStats(device)
     dtype = DTYPES[config.train.precision]
     model = config.pretrained_model
-    pipe = load_pipeline(model.name_or_path, dtype=dtype, device="cpu", family=model.family, v2=model.v2)
+    pipe = load_pipeline(model.name_or_path, dtype=dtype, device="cpu", family=model.family, v2=model.v2,
+                         transformer=model.transformer)
     family = family_of_pipe(pipe)
+    check_quantize(model.quantize, family, device, dtype)  # before the prompts are encoded
+    for what, value in resolutions:
+        check_resolution(value, what, family, vae_factor(pipe.vae))
     clip_skip = model.clip_skip or 0
     tokenizers, encoders = family.text_encoders(pipe)
     depth = min(encoder.config.num_hidden_layers for encoder in encoders)
@@ -238,13 +278,12 @@ def setup(
     embeddings = family.encode_prompts(tokenizers, encoders, prompts, model.clip_skip)
     preview_prompts = tuple(config.sample.prompts) or tuple(preview_prompts)
     preview_text = None
-    if config.sample.every and family.flow_matching:
-        raise InputError("config key 'sample.every' (previews while training) is not available for FLUX yet; "
-                         "set it to 0 and sample the saved slider with sliders-sample")
     if config.sample.every:  # encoded now, while the text encoders are on the device
         preview_text = encode_preview_prompts(pipe, preview_prompts, device, config.pretrained_model.clip_skip)
     for encoder in encoders:
         encoder.to("cpu")  # the text encoders are not needed again: free the device
+    # Quantized layer by layer onto the device before the rest moves there: the float weights never do.
+    quantize_denoiser(family.denoiser(pipe), model.quantize, device, family, dtype)
     unet = family.denoiser(pipe).to(device).requires_grad_(False).eval()
     if config.train.gradient_checkpointing:
         # Recompute the UNet's activations during the slider's backward instead of keeping them: less
@@ -345,7 +384,7 @@ def train_loop(
                 try:
                     terms = objective.step(rng, generator)
                     with stats.phase("slider_forward_backward"):
-                        loss = _train_step(unet, network, terms, parts.family)
+                        loss = _train_step(unet, network, terms, parts.family, config.train.pair_difference)
                 except Exception as error:
                     if not processes.several:
                         raise
@@ -384,6 +423,7 @@ def train_loop(
         stats.detach()
         describe = getattr(objective, "describe", None)
         stats.options = describe() if describe is not None else {}
+        stats.options["quantize"] = config.pretrained_model.quantize
         if completed:  # every process is here: the counts of all go into stats.json
             stats.combine(processes)
         if main:
@@ -561,8 +601,14 @@ def _save_elsewhere(network: SliderNetwork, stem: str, metadata: dict, save: Sav
     return f"the slider could not be saved anywhere (tried {tempfile.gettempdir()} and {Path.cwd()})"
 
 
-def _train_step(unet, network: SliderNetwork, terms, family: Family = SDXL) -> float:
-    """Slider predictions for each term, MSE to its target, backward inside the multiplier scope."""
+def _train_step(unet, network: SliderNetwork, terms, family: Family = SDXL, pair_difference: float = 0.0) -> float:
+    """Slider predictions for each term, MSE to its target, backward inside the multiplier scope.
+
+    With `pair_difference` > 0 (image sliders, `train.pair_difference`) the terms' graphs are kept and
+    `pair_difference` times the MSE of every two terms' prediction difference to their target
+    difference is added (`_pair_difference_step`)."""
+    if pair_difference > 0 and len(terms) > 1:
+        return _pair_difference_step(unet, network, terms, family, pair_difference)
     total = 0.0
     for term in terms:
         with network.scaled(term.multiplier):
@@ -573,10 +619,46 @@ def _train_step(unet, network: SliderNetwork, terms, family: Family = SDXL) -> f
     return total
 
 
+def _pair_difference_step(unet, network: SliderNetwork, terms, family: Family, weight: float) -> float:
+    """The faithful per-term losses plus `weight` x the mean over term pairs of
+    MSE((p_i - p_j), (t_i - t_j)): with one noise shared by the folders the targets' difference is 0
+    for epsilon (the clean images' difference for velocity targets), so this term carries only what
+    tells the folders apart, free of the noise the denoising loss cannot explain.
+
+    Each term's graph needs its own multiplier, so the pair term's gradient is taken through its exact
+    derivative at the current predictions: a no-grad pass finds every p_i, then each term's backward
+    (inside its multiplier scope) adds <dL_pair/dp_i, p_i>. One extra forward per term."""
+    with torch.no_grad():
+        values = []
+        for term in terms:
+            with network.scaled(term.multiplier):
+                values.append(family.predict(unet, term.latents, term.timestep, term.cond, term.guidance).float())
+    n, count = values[0].numel(), len(terms) * (len(terms) - 1) // 2
+    residual = {(i, j): values[i] - values[j] - (terms[i].target - terms[j].target)
+                for i in range(len(terms)) for j in range(i + 1, len(terms))}
+    pair_loss = sum(float(r.pow(2).mean()) for r in residual.values()) / count
+    total = weight * pair_loss
+    for i, term in enumerate(terms):
+        slope = sum(residual[(i, j)] if i < j else -residual[(j, i)] for j in range(len(terms)) if j != i)
+        slope = slope * (2.0 * weight / (count * n))
+        with network.scaled(term.multiplier):
+            prediction = family.predict(unet, term.latents, term.timestep, term.cond, term.guidance).float()
+            loss = F.mse_loss(prediction, term.target)
+            (loss + (slope * prediction).sum()).backward()
+        total += loss.item()
+    return total
+
+
 def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.device):
     """Models, network, text objective and file metadata of a text slider: everything before the loop."""
+    for key, on in (("train.pair_difference", config.train.pair_difference > 0),
+                    ("data.timestep_range", config.data.timestep_range is not None)):
+        if on:
+            raise InputError(f"config key '{key}' is for image sliders (sliders-train-images); remove it from this "
+                             "text slider's config")
     parts = setup(config, distinct_prompts(entries), device, keep_vae=False,
-                  preview_prompts=[entries[0].target], resolution=entries[0].resolution)
+                  preview_prompts=[entries[0].target], resolution=entries[0].resolution,
+                  resolutions=text_resolutions(entries))
     if parts.family.flow_matching:
         objective = FlowTextObjective(
             entries, parts.embeddings, parts.unet, parts.scheduler, parts.network, parts.family,
@@ -611,6 +693,11 @@ def _flow_guidance(config: Config, family: Family) -> float:
     return config.train.flow_guidance if config.train.flow_guidance is not None else family.defaults.guidance_scale
 
 
+def text_resolutions(entries: Sequence[PromptEntry]) -> list[tuple[str, int]]:
+    """(key, value) of each distinct training resolution of a text slider's prompt entries."""
+    return [("prompts file key 'resolution'", value) for value in dict.fromkeys(e.resolution for e in entries)]
+
+
 def text_prompts_record(entries: Sequence[PromptEntry]) -> list[dict]:
     """The prompt entries as a slider file records them (and a resumed run must match)."""
     return [dataclasses.asdict(e) for e in entries]
@@ -639,7 +726,8 @@ def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, devi
         logger.warning("%s has no effect on image sliders: they train on noised images, "
                        "with no partial denoising to fold the slider into or to shorten", ", ".join(text_only))
     parts = setup(config, image_prompts(pairs, entry), device, keep_vae=True,
-                  preview_prompts=[entry.positive], resolution=entry.resolution)
+                  preview_prompts=[entry.positive], resolution=entry.resolution,
+                  resolutions=[("the image slider's resolution", entry.resolution)])
     latents = LatentSource(
         pairs, parts.vae, entry.resolution, cache=config.data.cache_latents, device=device
     )
@@ -647,6 +735,9 @@ def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, devi
     if config.data.cache_latents:
         parts.vae.to("cpu")
     if parts.family.flow_matching:
+        if config.data.timestep_range is not None:
+            raise InputError("data.timestep_range is for UNet families; on FLUX remove it (the flow schedule's "
+                             "steps are drawn uniformly)")
         objective = FlowImageObjective(pairs, latents, entry, parts.embeddings, parts.scheduler, parts.family,
                                        steps=config.train.flow_steps or parts.family.defaults.steps, device=device,
                                        guidance=_flow_guidance(config, parts.family),
@@ -662,6 +753,7 @@ def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, devi
         device=device,
         folders_per_step=config.data.folders_per_step,
         family=parts.family,
+        timestep_range=config.data.timestep_range,
     )
     return parts, objective, slider_metadata(config, entry.resolution, image_prompts_record(pairs, entry), parts)
 

@@ -225,6 +225,18 @@ def test_train_bad_inputs_exit_2_with_one_line(args, message, text_config, tmp_p
     assert not (tmp_path / "models").exists()  # nothing was written
 
 
+@pytest.mark.parametrize("key, value", [("train.pair_difference", 2.0), ("data.timestep_range", [200, 999])])
+def test_image_slider_options_in_a_text_config_are_one_line(key, value, text_config, tmp_path, capsys):
+    config = yaml.safe_load(Path(text_config).read_text())
+    section, name = key.split(".")
+    config.setdefault(section, {})[name] = value
+    path = tmp_path / "text-with-image-option.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert _exit_code(train_main, ["--config", str(path)]) == 2
+    line = _error_line(capsys)
+    assert key in line and "image sliders" in line
+
+
 def _exit_code(main, argv):
     """The exit code, whether the command returned it or argparse exited with it."""
     try:

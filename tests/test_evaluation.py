@@ -120,7 +120,7 @@ def test_registry_and_measurer_interface():
     assert values["colour"] == "blue" and values["shape"] == "square"
     assert values["cx"] == pytest.approx(30.0, abs=0.1) and values["size"] == pytest.approx(12.0, abs=0.3)
     with pytest.raises(InputError, match="unknown"):
-        get_measurer("clip")
+        get_measurer("nosuch")
 
 
 def test_structure_detects_a_moved_shape_and_a_changed_background():
@@ -369,7 +369,8 @@ def no_model_load(monkeypatch):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"measurer": "clip"}, "--measurer 'clip' is unknown"),
+        ({"measurer": "nosuch"}, "--measurer 'nosuch' is unknown"),
+        ({"measurer": "clip"}, "measurer 'clip' needs its model"),
         ({"target": "colour"}, "--target 'colour' is not a numeric attribute"),
         ({"baseline_prompts": ["only one"]}, "1 baseline prompts for 2 prompts"),
         ({"baseline_replace": ["medium"]}, "is not old=new"),

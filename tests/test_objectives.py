@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from sliders.data import LatentSource, scan_pairs
+from sliders.errors import InputError
 from sliders.models import encode_prompts, make_scheduler, predict_noise, training_timestep, vae_factor
 from sliders.network import SliderNetwork
 from sliders.objectives import (
@@ -281,3 +282,79 @@ def test_pair_prompt_joins_present_parts():
     assert pair_prompt("a red circle", "") == "a red circle"
     assert pair_prompt(None, "large circle") == "large circle"
     assert pair_prompt("a photo of a man", "smiling") == "a photo of a man, smiling"
+
+
+def test_timestep_range_draws_only_steps_inside_it_and_the_default_draws_as_before(tiny_pipe, image_setup):
+    root, folders, entry, embeddings = image_setup
+    pairs = scan_pairs(root, folders, [-1.0, 1.0, 2.0, 3.0])
+    latents = LatentSource(pairs, tiny_pipe.vae, entry.resolution)
+    latents.prepare()
+    ranged = ImageObjective(pairs, latents, entry, embeddings, make_scheduler("ddim"), max_denoising_steps=50,
+                            device=torch.device("cpu"), timestep_range=(200, 750))
+    rng, generator = random.Random(3), torch.Generator().manual_seed(3)
+    seen = {int(ranged.step(rng, generator)[0].timestep) for _ in range(40)}
+    assert seen and all(200 <= t <= 750 for t in seen)
+    assert len(seen) > 5  # spread over the range, not one step
+    # Without a range, the step is drawn exactly as before (the faithful draw: k uniform in 1..49).
+    plain, _, _ = _image_objective(tiny_pipe, image_setup, [-1.0, 1.0, 2.0, 3.0])
+    rng = random.Random(5)
+    term = plain.step(rng, torch.Generator().manual_seed(5))[0]
+    replay = random.Random(5)
+    choose_folders(plain.pairs.scales, replay)
+    replay.randrange(3)
+    assert int(term.timestep) == int(training_timestep(make_scheduler("ddim"), replay.randint(1, 49), 50))
+
+
+@pytest.mark.parametrize("bounds", [[750, 200], [0, 1000], [-1, 5], [1, 2, 3], ["a", 5]])
+def test_bad_timestep_range_is_one_line(bounds, tmp_path):
+    from sliders.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data:\n  timestep_range: {bounds!r}\n".replace("'", ""))
+    with pytest.raises(InputError, match="timestep_range"):
+        load_config(str(path), {})
+
+
+def test_pair_difference_adds_the_term_on_prediction_differences_and_zero_weight_is_the_paper(tiny_pipe, image_setup):
+    from sliders.families import SDXL
+    from sliders.trainer import _train_step
+
+    objective, _, _ = _image_objective(tiny_pipe, image_setup, [0.67, 1.0, 1.3, 2.0])
+    terms = objective.step(random.Random(2), torch.Generator().manual_seed(2))
+    unet = tiny_pipe.unet
+    network = SliderNetwork.create(unet, network_type="c3lier", training_method="noxattn", rank=2, alpha=1)
+    with torch.no_grad():
+        for module in network.loras.values():
+            module.lora_up.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    network.attach()
+    try:
+        def grads(weight):
+            network.zero_grad(set_to_none=True)
+            loss = _train_step(unet, network, terms, SDXL, weight)
+            return loss, torch.cat([p.grad.flatten() for p in network.parameters() if p.grad is not None])
+
+        plain_loss, plain_grad = grads(0.0)
+        heavy_loss, heavy_grad = grads(3.0)
+        # By hand: the faithful losses plus 3 x the mean over the 6 folder pairs of the prediction differences' MSE
+        # (the targets are one shared noise, so their differences are 0).
+        with torch.no_grad():
+            predictions = []
+            for term in terms:
+                with network.scaled(term.multiplier):
+                    predictions.append(SDXL.predict(unet, term.latents, term.timestep, term.cond).float())
+        pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+        extra = sum(torch.mean((predictions[i] - predictions[j]) ** 2) for i, j in pairs) / len(pairs)
+        assert heavy_loss == pytest.approx(plain_loss + 3.0 * float(extra), rel=1e-5)
+        assert float(extra) > 0
+        assert not torch.allclose(plain_grad, heavy_grad)
+    finally:
+        network.detach()
+
+
+def test_bad_pair_difference_is_one_line(tmp_path):
+    from sliders.config import load_config
+
+    with pytest.raises(InputError, match="pair_difference"):
+        load_config(None, {"train.pair_difference": 101.0})
+    with pytest.raises(InputError, match="pair_difference"):
+        load_config(None, {"train.pair_difference": -1.0})

@@ -21,14 +21,15 @@ import numpy as np
 
 from .. import __version__
 from ..config import DEFAULT_INVERSION, EDIT_START_NOISE, NULL_TEXT_ITERATIONS
-from ..editing import GRID_NAME, Edited, EditImage, check_edit_settings, edit_grid, edit_images, edit_name
+from ..editing import (GRID_NAME, Edited, EditImage, check_edit_settings, check_family_edit, edit_grid, edit_images,
+                       edit_name)
 from ..errors import InputError, OutputError
 from ..models import time_ids
 from ..sampling import Sample, SliderSpec, kept_on_interrupt, loaded, owned_output, plan_run, write_kept
 from ..shapes.world import SCENE_STYLES, SIZE_WORDS, render_dataset, styled
 from .measurers import Measurer, is_reference, measure_samples, measurer_name, pair_key
 from .report import jsonable, summarise, write_report
-from .run import IMAGES_FOLDER, as_specs, baseline_from_replace, check_measurer
+from .run import IMAGES_FOLDER, as_specs, baseline_from_replace, build_measurer, check_measurer, measured_quality, measurer_settings
 from .statistics import describe
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ def run_edit_evaluation(
     method: str = DEFAULT_INVERSION,
     null_text_iterations: int = NULL_TEXT_ITERATIONS,
     measurer: "str | Measurer" = "shapes",
-    target: str = "size",
+    target: str | None = None,
+    measurer_args: Sequence[str] | dict | None = None,
     baseline_replace: Sequence[str] | str | None = None,
     start_noise: float = EDIT_START_NOISE,
     steps: int = 25,
@@ -137,13 +139,14 @@ def run_edit_evaluation(
         guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
         resolution=resolution, negative_prompt=negative_prompt,
     )
+    check_family_edit(plan, method)
     for spec, spec_scales in zip(plan.specs, plan.scale_lists):
         if 0.0 not in spec_scales:
             raise InputError(f"scales of --slider {spec.path} lack 0: the scale-0 edit of each scene is the "
                              "reference an edit evaluation measures against; add 0")
     inputs, captions = rendered_scenes(scenes, scene_seed, plan.resolution, size_word, scene_style)
     baseline_prompts = baseline_from_replace(captions, baseline_replace) if baseline_replace is not None else None
-    measurer_instance = registered() if registered else measurer
+    measurer_instance = build_measurer(registered, measurer, measurer_args, plan.device, plan.specs)
 
     names = list(plan.slider_names)
     output = plan.output
@@ -179,6 +182,7 @@ def run_edit_evaluation(
     rows += measure_samples(baseline_samples, measurer_instance, kind="baseline", references=references)
     summary = summarise(rows, target=target, numeric=measurer_instance.numeric,
                         categorical=measurer_instance.categorical, slider_names=names)
+    summary["quality"] = measured_quality(rows, measurer_instance, target, names)
     report = {
         "sliders_version": __version__,
         "settings": {
@@ -191,6 +195,7 @@ def run_edit_evaluation(
             "seeds": [0],
             "baseline_prompts": baseline_prompts,
             "measurer": measurer_name(measurer_instance),
+            "measurer_settings": measurer_settings(measurer_instance),
             "target": target,
             "numeric": list(measurer_instance.numeric),
             "categorical": list(measurer_instance.categorical),

@@ -88,3 +88,52 @@ def plot_report(report: Mapping) -> "Image.Image":
                     fontsize="small", handlelength=1.5)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
+# The scores plot: one panel per measured figure, this many panels to a row, each this big (pixels).
+SCORES_COLUMNS = 3
+SCORES_PANEL = (340, 260)
+
+
+def plot_scores(report: Mapping) -> "Image.Image":
+    """Every figure against each slider's multiplier (its other sliders at 0), one panel each: the mean
+    of every numeric attribute, its change against the reference, and every structure figure; the
+    prompt-editing baseline as a dashed line where it has that figure. Reads `report["quality"]`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    quality = report["quality"]
+    sliders = quality["sliders"]
+    numeric = list(report["settings"]["numeric"])
+    structure = list(dict.fromkeys(key for s in sliders for c in s["curves"] for key in c["structure"]))
+    baseline = report.get("baseline")
+    panels = ([("values", attr, attr, baseline["numeric"][attr]["mean"] if baseline else None) for attr in numeric]
+              + [("change", attr, f"{attr} change vs scale 0", baseline["change"][attr] if baseline else None)
+                 for attr in numeric]
+              + [("structure", key, f"{key} vs scale 0", baseline["structure"].get(key) if baseline else None)
+                 for key in structure])
+    columns = min(SCORES_COLUMNS, len(panels))
+    rows = -(-len(panels) // columns)
+    width, height = SCORES_PANEL[0] * columns, SCORES_PANEL[1] * rows
+    figure = Figure(figsize=(width / PLOT_DPI, height / PLOT_DPI), dpi=PLOT_DPI, facecolor="white")
+    canvas = FigureCanvasAgg(figure)
+    for index, (part, key, title, dashed) in enumerate(panels):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.grid(color=_colour(GRID_COLOUR))
+        for j, s in enumerate(sliders):
+            points = [(c["multiplier"], c[part].get(key)) for c in s["curves"]]
+            points = [(x, y) for x, y in points if y is not None and np.isfinite(y)]
+            if points:
+                axes.plot(*zip(*points), marker="o", color=_colour(SERIES_COLOURS[j % len(SERIES_COLOURS)]),
+                          label=_literal(s["name"][:LEGEND_CHARS]))
+        if dashed is not None:
+            axes.axhline(dashed, color=_colour(BASELINE_COLOUR), linestyle="--", label="prompt edit")
+        axes.set_title(_literal(title), fontsize="small")
+        axes.set_xlabel("multiplier", fontsize="small")
+        axes.tick_params(labelsize="x-small")
+        if index == 0:
+            axes.legend(fontsize="x-small", frameon=False)
+    figure.tight_layout()
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())

@@ -19,7 +19,7 @@ from ..files import write_text_atomic
 from ..grids import combination_label
 from ..sampling import write_png
 from .measurers import is_reference, pair_key
-from .plot import plot_report
+from .plot import plot_report, plot_scores
 from .statistics import describe, linear_fit, spearman
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_PLOT = "plot.png"
+# Every figure against the multiplier; written for measurers that score a text pair (CLIP).
+REPORT_SCORES = "scores.png"
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -256,6 +258,8 @@ def report_markdown(report: Mapping) -> str:
         lines.append(_table_row("edited prompts", baseline, settings, structure_keys))
     if report.get("reconstruction"):
         lines += _reconstruction_lines(report)
+    if report.get("quality"):
+        lines += _quality_lines(report)
     return "\n".join(lines) + "\n"
 
 
@@ -279,8 +283,68 @@ def _reconstruction_lines(report: Mapping) -> list[str]:
     ]
 
 
+def _quality_lines(report: Mapping) -> list[str]:
+    """The slider-quality section (`quality`): one row per slider and the baseline, side by side, the
+    definitions, and every figure per multiplier."""
+    quality, settings = report["quality"], report["settings"]
+    target, key = quality["target"], quality["preservation_key"]
+    positive, negative = quality["positive_attribute"], quality["negative_attribute"]
+    measured = settings.get("measurer_settings") or {}
+    lines = ["", "## Slider quality", ""]
+    if measured.get("positive"):
+        lines.append(f"Texts ({measured.get('texts_from', 'options')}): positive \"{_cell(measured['positive'])}\", "
+                     f"negative \"{_cell(measured['negative'])}\"; model `{measured.get('model', '')}`"
+                     + (f"; LPIPS {measured['lpips']}" if measured.get("lpips") else
+                        f"; LPIPS not measured: {measured.get('lpips_missing')}") + ".")
+        lines.append("")
+    sp = f"SP ({key})" if key else "SP"
+    lines += [f"| | pairs | CR | CSM | monotone share | {sp} | {target} change at the largest multiplier |",
+              "|---|---|---|---|---|---|---|"]
+    for s in quality["sliders"]:
+        top = s["curves"][-1] if s["curves"] else None
+        change = _fmt(top["change"].get(target)) + f" (at {top['multiplier']:+g})" if top else "-"
+        lines.append(f"| {_cell(s['name'])} | {s['pairs']} | {_fmt(s['range'])} | {_fmt(s['smoothness'])} | "
+                     f"{_pct(s['monotone_share'])} | {_fmt(s['preservation'])} | {change} |")
+    if quality.get("baseline"):
+        b = quality["baseline"]
+        lines.append(f"| prompt edit | {b['n']} images | - | - | - | {_fmt(b['preservation'])} | "
+                     f"{_fmt(b['change'].get(target))} |")
+    cr = (f"((P(m_max) - P(m_min)) + (N(m_min) - N(m_max))) / 2 with P = `{positive}`, N = `{negative}`"
+          if positive and negative else f"`{target}`(m_max) - `{target}`(m_min)")
+    lines += [
+        "",
+        "Per slider and prompt x seed pair, over that slider's multipliers (other sliders at 0, the reference "
+        "included), averaged over pairs (after FreeSliders, arXiv 2511.00103; docs/metrics.md):",
+        f"- CR, Conceptual Range (higher: reaches further): {cr}.",
+        f"- CSM, Conceptual Smoothness (lower: even steps): the standard deviation of the per-unit steps of "
+        f"`{target}` between consecutive multipliers.",
+        f"- Monotone share: the share of pairs whose `{target}` rises strictly with the multiplier.",
+        "- SP, Semantic Preservation (lower: less changed): "
+        + (f"the mean `{key}` of the non-reference images against the reference image." if key else
+           f"not measured (LPIPS: {measured['lpips_missing']})." if measured.get("lpips_missing") else
+           "not measured (the measurer has no preservation figure)."),
+    ]
+    if positive and negative:
+        lines.append(f"- `{positive}`, `{negative}`: CLIP score, 100 x cosine of the image and text embeddings; "
+                     f"`{target}` = `{positive}` - `{negative}`; a change is against the scale-0 image of the same "
+                     "prompt and seed (the paper's change in CLIP score); `clip_image_distance`: 1 - cosine of the two "
+                     "images' CLIP embeddings; `lpips`: LPIPS to the scale-0 image.")
+    for s in quality["sliders"]:
+        keys = list(dict.fromkeys(k for c in s["curves"] for k in c["structure"]))
+        columns = ["multiplier", "n"] + [f"{a} mean" for a in settings["numeric"]] + \
+                  [f"{a} change" for a in settings["numeric"]] + keys
+        lines += ["", f"{_cell(s['name'])}, every figure per multiplier:", "",
+                  "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for c in s["curves"]:
+            cells = [f"{c['multiplier']:+g}", str(c["n"])] + [_fmt(c["values"][a]) for a in settings["numeric"]]
+            cells += [_fmt(c["change"][a]) for a in settings["numeric"]] + [_fmt(c["structure"].get(k)) for k in keys]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(report: Mapping, output_dir: str | Path) -> dict[str, Path]:
-    """Write `report.json`, `report.md` and `plot.png` into `output_dir`; returns their paths by kind."""
+    """Write `report.json`, `report.md` and `plot.png` into `output_dir` (and `scores.png`, every figure
+    against the multiplier, for a measurer that scores a text pair); returns their paths by kind."""
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     report = jsonable(report)
@@ -289,5 +353,7 @@ def write_report(report: Mapping, output_dir: str | Path) -> dict[str, Path]:
         "markdown": write_text_atomic(output / REPORT_MD, report_markdown(report)),
         "plot": write_png(plot_report(report), output / REPORT_PLOT),
     }
+    if report.get("quality") and report["quality"].get("positive_attribute"):
+        paths["scores"] = write_png(plot_scores(report), output / REPORT_SCORES)
     logger.debug("wrote %s, %s and %s", *paths.values())
     return paths

@@ -46,6 +46,7 @@ from .measurers import (
     MEASURERS,
     Measurer,
     check_target,
+    default_target,
     get_measurer,
     is_measurer,
     is_reference,
@@ -53,7 +54,10 @@ from .measurers import (
     measurer_class,
     measurer_name,
     pair_key,
+    parse_measurer_args,
+    slider_texts,
 )
+from .quality import quality
 from .report import REPORT_JSON, REPORT_MD, REPORT_PLOT, jsonable, summarise, write_report
 
 logger = logging.getLogger(__name__)
@@ -107,6 +111,7 @@ def _evaluate(
     fused: bool = False,
     on_sample: Callable[[Sample, bool], None] | None = None,
     processes: Processes | None = None,
+    compare: bool = False,
 ) -> tuple[dict, list[Sample], list[Sample]]:
     """`evaluate`, also returning the slider samples (reference included) and the baseline samples.
 
@@ -114,7 +119,8 @@ def _evaluate(
     `processes` each makes its share of the images and every process gets them all (`generate`)."""
     started = time.perf_counter()
     measurer = get_measurer(measurer)
-    target = check_target(target, tuple(measurer.numeric), measurer_name(measurer))
+    target = check_target(default_target(measurer) if target is None else target, tuple(measurer.numeric),
+                          measurer_name(measurer))
     prompts = check_prompts(prompts)
     seeds = check_seeds(seeds)
     if len(sliders) != len(scale_lists):
@@ -132,8 +138,12 @@ def _evaluate(
 
     slider_sample = None if on_sample is None else (lambda sample: on_sample(sample, False))
     baseline_sample = None if on_sample is None else (lambda sample: on_sample(sample, True))
-    samples = generate(pipe, sliders, lists, prompts, seeds, **settings, on_sample=slider_sample, processes=processes)
-    in_grid = all(0.0 in scales for scales in lists)
+    if compare:
+        samples = _compared(pipe, sliders, lists, prompts, seeds, settings, slider_sample, processes)
+    else:
+        samples = generate(pipe, sliders, lists, prompts, seeds, **settings, on_sample=slider_sample,
+                           processes=processes)
+    in_grid = any(is_reference(s.multipliers) for s in samples) if compare else all(0.0 in scales for scales in lists)
     if not in_grid:
         # Same prompt, seed and settings with every slider at 0: the image the grid would have had.
         logger.info("0 is not in every scale list; generating the reference images separately")
@@ -153,6 +163,7 @@ def _evaluate(
     summary = summarise(
         rows, target=target, numeric=measurer.numeric, categorical=measurer.categorical, slider_names=names
     )
+    summary["quality"] = measured_quality(rows, measurer, target, names)
     paths = list(slider_paths) if slider_paths is not None else [None] * len(sliders)
     report = {
         "sliders_version": __version__,
@@ -165,6 +176,8 @@ def _evaluate(
             "seeds": list(seeds),
             "baseline_prompts": None if baseline_prompts is None else list(baseline_prompts),
             "measurer": measurer_name(measurer),
+            "measurer_settings": measurer_settings(measurer),
+            "compare": compare,
             "target": target,
             "numeric": list(measurer.numeric),
             "categorical": list(measurer.categorical),
@@ -180,6 +193,34 @@ def _evaluate(
         len(samples), len(baseline_samples), report["seconds"],
     )
     return jsonable(report), samples, baseline_samples
+
+
+def _compared(pipe, sliders, lists, prompts, seeds, settings, on_sample, processes) -> list[Sample]:
+    """--compare: each slider at its scales with every other slider at 0, one after another (same
+    prompts, seeds and settings), the reference (every slider at 0) made once."""
+    samples: list[Sample] = []
+    for j, scales in enumerate(lists):
+        alone = [scales if k == j else (0.0,) for k in range(len(lists))]
+        made = generate(pipe, sliders, alone, prompts, seeds, **settings, processes=processes,
+                        on_sample=None if on_sample is None else (
+                            lambda sample: None if (j and is_reference(sample.multipliers)) else on_sample(sample)))
+        samples += [s for s in made if not (j and is_reference(s.multipliers))]
+    return samples
+
+
+def measurer_settings(measurer: Any) -> dict:
+    """What the report records of a measurer's own settings (its `describe`, when it has one)."""
+    describe = getattr(measurer, "describe", None)
+    return jsonable(describe()) if callable(describe) else {}
+
+
+def measured_quality(rows: Sequence[dict], measurer: Any, target: str, names: Sequence[str]) -> dict:
+    """The slider-quality figures (`quality.quality`) of measured rows, with the measurer's text-pair
+    attributes and preservation figure."""
+    return quality(rows, slider_names=names, target=target, numeric=tuple(measurer.numeric),
+                   positive=getattr(measurer, "positive_attribute", None),
+                   negative=getattr(measurer, "negative_attribute", None),
+                   preservation=getattr(measurer, "preservation", None))
 
 
 def evaluate(
@@ -201,6 +242,7 @@ def evaluate(
     slider_names: Sequence[str] | None = None,
     slider_paths: Sequence[str | Path] | None = None,
     fused: bool = False,
+    compare: bool = False,
 ) -> dict:
     """Generate every prompt x seed x scale combination, measure each image and return the report.
 
@@ -209,13 +251,15 @@ def evaluate(
     `baseline_prompts` (one edited prompt per prompt) those are generated too, at the same seeds
     with every slider at 0, and compared with the unedited reference. The report is JSON-able:
     `settings`, the `summarise` figures (`combinations`, `sliders`, `preservation`, `baseline`),
-    `rows` (one per image) and `seconds`.
+    `rows` (one per image) and `seconds`. With `compare`, each slider is generated alone (every
+    other slider at 0) instead of every combination, so that several sliders sit side by side; the
+    `quality` figures (`quality.quality`) are in the report either way.
     """
     report, _, _ = _evaluate(
         pipe, sliders, scale_lists, prompts, seeds, measurer=measurer, target=target,
         baseline_prompts=baseline_prompts, start_noise=start_noise, steps=steps, guidance_scale=guidance_scale,
         height=height, width=width, negative_prompt=negative_prompt, slider_names=slider_names,
-        slider_paths=slider_paths, fused=fused,
+        slider_paths=slider_paths, fused=fused, compare=compare,
     )
     return report
 
@@ -333,7 +377,24 @@ def check_measurer(measurer: "str | Measurer", target: Any) -> tuple[type[Measur
     if registered is None and not is_measurer(measurer):
         raise InputError(f"--measurer {measurer!r} is unknown; choose one of {', '.join(sorted(MEASURERS))}")
     numeric = registered.numeric if registered else tuple(measurer.numeric)
+    if target is None:  # the measurer's own target (size for shapes, clip_direction for clip)
+        target = default_target(registered or measurer)
     return registered, check_target(target, numeric, measurer if isinstance(measurer, str) else measurer_name(measurer))
+
+
+def build_measurer(registered: type[Measurer] | None, measurer: Any, measurer_args: Any, device: Any,
+                   specs: Sequence[SliderSpec]) -> Any:
+    """The measurer of a run: a registered one built by its `create` with the --measurer_arg options,
+    the run's device and the sliders' recorded texts (read from their files); an object as given."""
+    options = measurer_args if isinstance(measurer_args, dict) else parse_measurer_args(measurer_args)
+    if registered is None:
+        if options:
+            raise InputError("--measurer_arg is for a measurer named on the command line, not a measurer object")
+        return measurer
+    from ..network import read_slider_file
+
+    recorded = [slider_texts(read_slider_file(spec.path)[1]) for spec in specs]
+    return registered.create(options, device=device, slider_prompts=recorded)
 
 
 def run_evaluation(
@@ -344,7 +405,9 @@ def run_evaluation(
     *,
     output: str | Path,
     measurer: "str | Measurer" = "shapes",
-    target: str = "size",
+    target: str | None = None,
+    measurer_args: Sequence[str] | dict | None = None,
+    compare: bool = False,
     baseline_prompts: Sequence[str] | None = None,
     baseline_replace: Sequence[str] | str | None = None,
     start_noise: int = 750,
@@ -381,15 +444,21 @@ def run_evaluation(
     baseline_prompts = _check_baseline_prompts(baseline_prompts, plan.prompts)
     if not isinstance(images, bool):
         raise InputError(f"--save_images must be true or false, got {images!r}")
-    # A registered measurer is built only now, so a heavy one (a CLIP model) never loads for bad input.
-    measurer_instance = registered() if registered else measurer
+    if not isinstance(compare, bool):
+        raise InputError(f"--compare must be true or false, got {compare!r}")
+    if compare and len(plan.specs) < 2:
+        raise InputError("--compare puts several sliders side by side; give at least two --slider files")
+    options = measurer_args if isinstance(measurer_args, dict) else parse_measurer_args(measurer_args)
 
     names = list(plan.slider_names)
     output = plan.output
     # Under `accelerate launch` each process makes its share of the images on its own device; the
-    # main process measures them all and writes the one report.
+    # main process writes the one report.
     processes = start_processes(plan.device)
     plan = dataclasses.replace(plan, device=processes.device)
+    # A registered measurer is built only now, after every check and before the base model loads, so a
+    # heavy one (a CLIP model) never loads for bad input; it runs on this process's device.
+    measurer_instance = build_measurer(registered, measurer, options, plan.device, plan.specs)
     folder = output / IMAGES_FOLDER
     made: list[Sample] = []
 
@@ -414,7 +483,7 @@ def run_evaluation(
                 guidance_scale=plan.guidance_scale, height=plan.resolution, width=plan.resolution,
                 negative_prompt=plan.negative_prompt, slider_names=names,
                 slider_paths=[spec.path for spec in plan.specs], fused=fused, on_sample=keep if images else None,
-                processes=processes,
+                processes=processes, compare=compare,
             )
 
     report["settings"].update(

@@ -24,6 +24,7 @@ class Defaults:
     start_noise: int  # the slider is off while the timestep is above this (of 1000)
     guidance_scale: float  # classifier-free guidance when sampling
     steps: int  # sampling steps
+    vae_factor: int = 8  # pixels per latent cell of the family's VAE, for a model whose VAE config is not at hand
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class Family:
     def claims_checkpoint(self, keys: Sequence[str]) -> bool:
         """Whether a single-file (LDM/SGM layout) checkpoint with these tensor names is of this family."""
         raise NotImplementedError
+
+    def pixel_multiple(self, vae_factor: int) -> int:
+        """What an image's height and width must be a multiple of, for a VAE of `vae_factor` pixels per
+        latent cell: whole cells (UNet families; their pipelines also want multiples of 8)."""
+        return vae_factor
 
     def pipeline_type(self):
         import diffusers

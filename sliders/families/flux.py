@@ -120,6 +120,22 @@ def set_flow_schedule(scheduler, steps: int, h: int, w: int, device) -> None:
     scheduler.set_timesteps(sigmas=sigmas, device=device, mu=flow_mu(scheduler, (h // 2) * (w // 2)))
 
 
+# The transformer of black-forest-labs/FLUX.1-dev (the fields that shape its modules): the layout of FLUX
+# files that record no base model (the official flux-sliders `.pt` files) and of the interop tests.
+FLUX_DEV_CONFIG: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768,
+    "guidance_embeds": True,
+    "axes_dims_rope": [16, 56, 56],
+}
+
+
 class FluxFamily(Family):
     flow_matching = True
 
@@ -133,6 +149,10 @@ class FluxFamily(Family):
 
     def denoiser(self, pipe):
         return pipe.transformer
+
+    def pixel_multiple(self, vae_factor: int) -> int:
+        """Whole 2x2 patches of latent cells: 16 px for FLUX's 8 px VAE cells."""
+        return 2 * vae_factor
 
     def text_encoders(self, pipe) -> tuple[list, list]:
         return [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2]
@@ -214,7 +234,7 @@ FLUX = FluxFamily(
     base_version="flux1",
     comfyui_checkpoint="flux1-dev.safetensors",
     hub_id="black-forest-labs/FLUX.1-dev",
-    unet_config={},
+    unet_config=FLUX_DEV_CONFIG,
 )
 
 

@@ -1,8 +1,14 @@
-"""Train a small text-to-image model on the shapes world and save it as an SDXL (or SD 1.x) pipeline folder.
+"""Train a small text-to-image model on the shapes world and save it as an SDXL (or SD 1.x, or FLUX.1) pipeline folder.
 
 With `family="sd1"` the model has SD 1.x's architecture instead (one CLIP text encoder, whose last
 state after the final layer norm conditions a UNet without added conditioning), and may reuse the
-autoencoder of an existing shapes model (`vae_from`), so only its UNet is trained.
+autoencoder of an existing shapes model (`vae_from`), so only its UNet is trained. With
+`family="flux"` it is a FLUX.1-architecture model: a FluxTransformer2DModel (double- and
+single-stream blocks, rotary positions, 2x2-packed latent tokens) conditioned on CLIP's pooled
+output and a T5 encoder's states, trained with the rectified-flow velocity loss and sampled by
+FluxPipeline; like FLUX.1-schnell it has no guidance embedding and an unshifted schedule. Its
+latents have the shapes autoencoder's 4 channels (the transformer takes 4 x 2x2 = 16 features per
+token), so it reuses that autoencoder (`vae_from`) where a real FLUX has 16-channel latents.
 
 The result has every part of SDXL (two CLIP text encoders sharing one tokenizer, a KL autoencoder,
 a "text_time" UNet, an Euler scheduler), so the package's slider training and sampling, which only
@@ -50,6 +56,7 @@ from sliders.shapes.world import (
 logger = logging.getLogger(__name__)
 
 RESOLUTION = 64
+FAMILIES = ("sdxl", "sd1", "flux")
 COLOURS: tuple[str, ...] = tuple(PALETTE)
 
 # Whole-word tokens. Beyond the caption words, a few spare size words users may write in slider
@@ -136,6 +143,44 @@ def make_text_encoders(vocab_size: int, seed: int, family: str = "sdxl"):
     torch.manual_seed(seed + 1)
     second = CLIPTextModelWithProjection(config).eval()
     return first, second
+
+
+# FLUX architecture: 4 heads of 32 (rotary axes 8 + 12 + 12 = 32), two double-stream and four
+# single-stream blocks; T5 prompts of at most FLUX_TEXT_TOKENS tokens.
+FLUX_HEADS, FLUX_HEAD_DIM, FLUX_DOUBLE, FLUX_SINGLE = 4, 32, 2, 4
+FLUX_ROPE = (8, 12, 12)
+FLUX_TEXT_TOKENS = 32
+T5_WIDTH = 64
+
+
+def make_t5(vocab_size: int, seed: int):
+    """A frozen random T5 encoder (the FLUX family's sequence conditioning), seeded, in eval mode."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(
+        vocab_size=vocab_size, d_model=T5_WIDTH, d_kv=16, d_ff=4 * T5_WIDTH, num_layers=TEXT_LAYERS, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )).eval()
+
+
+def make_transformer(seed: int):
+    """A FLUX.1-shaped transformer on 16x16x4 latents (8x8 tokens of 16 features), no guidance embedding."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=FLUX_DOUBLE, num_single_layers=FLUX_SINGLE,
+        attention_head_dim=FLUX_HEAD_DIM, num_attention_heads=FLUX_HEADS, joint_attention_dim=T5_WIDTH,
+        pooled_projection_dim=TEXT_HIDDEN, guidance_embeds=False, axes_dims_rope=FLUX_ROPE,
+    )
+
+
+def make_flow_scheduler():
+    """FLUX.1-schnell's sampling schedule: flow-matching Euler, no shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=TRAIN_TIMESTEPS, shift=1.0, use_dynamic_shifting=False)
 
 
 def make_vae(seed: int):
@@ -413,8 +458,8 @@ def latent_scale(means: torch.Tensor, stds: torch.Tensor, generator: torch.Gener
 
 
 @torch.no_grad()
-def encode_captions(tokenizer, text_encoders, device: torch.device, family: str = "sdxl"
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_captions(tokenizer, text_encoders, device: torch.device, family: str = "sdxl",
+                    tokenizers: Sequence | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(embeds (C, 77, 128), pooled (C, 64), None for sd1) for `caption_variants()`, through the
     family's own prompt encoding (`sliders.families`).
 
@@ -424,7 +469,8 @@ def encode_captions(tokenizer, text_encoders, device: torch.device, family: str 
     from sliders.families import family_named
 
     captions = caption_variants()
-    table = family_named(family).encode_prompts([tokenizer] * len(text_encoders), text_encoders, captions)
+    tokenizers = list(tokenizers) if tokenizers is not None else [tokenizer] * len(text_encoders)
+    table = family_named(family).encode_prompts(tokenizers, text_encoders, captions)
     embeds = torch.stack([table[c][0] for c in captions]).to(device)
     if table[captions[0]][1] is None:
         return embeds, None
@@ -435,14 +481,17 @@ def encode_captions(tokenizer, text_encoders, device: torch.device, family: str 
 def train_unet(
     unet, means: torch.Tensor, stds: torch.Tensor, scale: float, pool: ScenePool,
     embeds: torch.Tensor, pooled: torch.Tensor, *, steps: int, batch_size: int, lr: float,
-    generator: torch.Generator, log_every: int, deadline: float | None = None,
+    generator: torch.Generator, log_every: int, deadline: float | None = None, flow=None,
 ) -> tuple[dict, list[dict], int]:
-    """Epsilon-prediction DDPM training; returns (EMA weights, logged losses, steps run).
+    """Epsilon-prediction DDPM training (with `flow`, a flow-matching family such as FLUX, whose
+    `predict` calls the model: velocity training); returns (EMA weights, logged losses, steps run).
 
     With a `deadline` (time.perf_counter seconds) the step count is fitted to it once, after timing
     the first steps, and the cosine schedule follows the fitted count; without one every run has
     exactly `steps` steps and is deterministic on the CPU.
     """
+    from sliders.models import Conditioning
+
     device = means.device
     unet.train()
     optimizer = _optimizer(unet.parameters(), lr, device)
@@ -480,14 +529,25 @@ def train_unet(
         mu = means[idx]
         latents = (mu + stds[idx] * torch.randn(mu.shape, generator=generator, device=device)) * scale
         caption = draw_captions(pool, idx, generator)
-        t = torch.randint(TRAIN_TIMESTEPS, (batch_size,), generator=generator, device=device)
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        a = alpha_bar[t][:, None, None, None]
-        noisy = a.sqrt() * latents + (1.0 - a).sqrt() * noise
-        added = None if pooled is None else {"text_embeds": pooled[caption], "time_ids": time_ids}
-        prediction = unet(noisy, t, encoder_hidden_states=embeds[caption], added_cond_kwargs=added).sample
-        per_item = ((prediction.float() - noise) ** 2).mean(dim=(1, 2, 3))
-        loss = (weight[t] * per_item).mean()
+        if flow:
+            # Rectified flow: x_sigma = (1 - sigma) x0 + sigma noise, velocity target noise - x0, sigma
+            # drawn logit-normal (SD3's choice; it favours the middle of the schedule).
+            sigma = torch.sigmoid(torch.randn(batch_size, generator=generator, device=device))
+            noise = torch.randn(latents.shape, generator=generator, device=device)
+            s = sigma[:, None, None, None]
+            noisy = (1.0 - s) * latents + s * noise
+            prediction = flow.predict(unet, noisy, sigma * 1000, Conditioning(embeds[caption], pooled[caption]))
+            per_item = ((prediction.float() - (noise - latents)) ** 2).mean(dim=(1, 2, 3))
+            loss = per_item.mean()
+        else:
+            t = torch.randint(TRAIN_TIMESTEPS, (batch_size,), generator=generator, device=device)
+            noise = torch.randn(latents.shape, generator=generator, device=device)
+            a = alpha_bar[t][:, None, None, None]
+            noisy = a.sqrt() * latents + (1.0 - a).sqrt() * noise
+            added = None if pooled is None else {"text_embeds": pooled[caption], "time_ids": time_ids}
+            prediction = unet(noisy, t, encoder_hidden_states=embeds[caption], added_cond_kwargs=added).sample
+            per_item = ((prediction.float() - noise) ** 2).mean(dim=(1, 2, 3))
+            loss = (weight[t] * per_item).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -500,7 +560,7 @@ def train_unet(
         seen += 1
         step += 1
         if seen == log_every or step == total:
-            # The plain epsilon MSE (not min-SNR weighted), so runs with other weightings compare.
+            # The plain epsilon (or velocity) MSE, not min-SNR weighted, so runs with other weightings compare.
             mean = _finite(window.item() / seen, "UNet", step)
             history.append({"step": step, "loss": mean, "lr": optimizer.param_groups[0]["lr"]})
             logger.info("unet step %d/%d loss %.5f", step, total, mean)
@@ -576,8 +636,9 @@ def build_shapes_model(
     (about 11 MB); it loads in float32 through `load_pipeline`. `family` is `sdxl` or `sd1`;
     `vae_from` (a shapes model folder) reuses its autoencoder and scale instead of training one.
     """
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import AutoencoderKL, FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    from sliders.families import family_named
     from sliders.models import parse_device
 
     started = time.perf_counter()
@@ -585,8 +646,8 @@ def build_shapes_model(
     for value, what in ((vae_steps, "vae_steps"), (unet_steps, "unet_steps"), (batch_size, "batch_size"),
                         (vae_batch_size, "vae_batch_size"), (pool_size, "pool_size"), (log_every, "log_every")):
         _check_count(value, what)
-    if family not in ("sdxl", "sd1"):
-        raise InputError(f"family must be sdxl or sd1, got {family!r}")
+    if family not in FAMILIES:
+        raise InputError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     if save_dtype not in ("fp16", "fp32"):
         raise InputError(f"save_dtype must be fp16 or fp32, got {save_dtype!r}")
     out_dir = Path(out_dir).expanduser()
@@ -614,11 +675,18 @@ def build_shapes_model(
 
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = make_tokenizer(Path(folder))
-    text_encoders = make_text_encoders(len(tokenizer), seed + 1, family)
+    tokenizers = None
+    if family == "flux":
+        from sliders.tiny import t5_tokenizer
+
+        tokenizers = [tokenizer, t5_tokenizer(VOCABULARY, FLUX_TEXT_TOKENS)]
+        text_encoders = (make_text_encoders(len(tokenizer), seed + 1)[0], make_t5(len(tokenizers[1]), seed + 2))
+    else:
+        text_encoders = make_text_encoders(len(tokenizer), seed + 1, family)
     vae = make_vae(seed + 3).to(device)
     if vae_from is not None:
         vae = AutoencoderKL.from_pretrained(str(vae_from), subfolder="vae", torch_dtype=torch.float32).to(device)
-    unet = make_unet(seed + 4, family).to(device)
+    unet = (make_transformer(seed + 4) if family == "flux" else make_unet(seed + 4, family)).to(device)
     for encoder in text_encoders:
         encoder.requires_grad_(False)
         if save_dtype == "fp16":
@@ -640,15 +708,18 @@ def build_shapes_model(
     scale, latent_stats = latent_scale(means, stds, generator)
     if vae_from is None:
         vae.register_to_config(scaling_factor=scale)
+    if family == "flux":
+        vae.register_to_config(shift_factor=0.0)  # FluxPipeline decodes latents / scale + shift
     scale = vae.config.scaling_factor  # a reused autoencoder keeps the scale its latents were measured with
     logger.info("latent std %.4f -> scaling_factor %.4f", latent_stats["std"], scale)
-    embeds, pooled = encode_captions(tokenizer, [e.to(device) for e in text_encoders], device, family)
+    embeds, pooled = encode_captions(tokenizer, [e.to(device) for e in text_encoders], device, family, tokenizers)
     timings["encode_s"] = time.perf_counter() - phase
 
     phase = time.perf_counter()
     ema, unet_history, unet_run = train_unet(
         unet, means, stds, scale, pool, embeds, pooled, steps=unet_steps, batch_size=batch_size, lr=lr,
         generator=generator, log_every=log_every, deadline=deadline,
+        flow=family_named("flux") if family == "flux" else None,
     )
     with torch.no_grad():
         for name, param in unet.named_parameters():
@@ -662,7 +733,10 @@ def build_shapes_model(
         module.cpu()
         if storage == torch.float16:
             module.half()
-    if family == "sd1":
+    if family == "flux":
+        pipe = FluxPipeline(scheduler=make_flow_scheduler(), vae=vae, text_encoder=text_encoders[0], tokenizer=tokenizer,
+                            text_encoder_2=text_encoders[1], tokenizer_2=tokenizers[1], transformer=unet)
+    elif family == "sd1":
         pipe = StableDiffusionPipeline(
             vae=vae, text_encoder=text_encoders[0], tokenizer=tokenizer, unet=unet, scheduler=make_scheduler(),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -705,7 +779,8 @@ def build_shapes_model(
             "time_budget_s": time_budget_s,
             "save_dtype": save_dtype,
             "caption_dropout": {"unconditional": P_UNCONDITIONAL, "word": P_DROP_WORD, "article": P_DROP_ARTICLE},
-            "min_snr_gamma": MIN_SNR_GAMMA,
+            "min_snr_gamma": None if family == "flux" else MIN_SNR_GAMMA,
+            "loss": "velocity, logit-normal sigma" if family == "flux" else "epsilon, min-SNR weighted",
             "scaling_factor": scale,
             "latents": latent_stats,
             "parameters": {
@@ -752,7 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--save-dtype", choices=("fp16", "fp32"), default="fp16")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
     parser.add_argument("--log-every", type=int, default=100)
-    parser.add_argument("--family", choices=("sdxl", "sd1"), default="sdxl", help="architecture (default sdxl)")
+    parser.add_argument("--family", choices=FAMILIES, default="sdxl", help="architecture (default sdxl)")
     parser.add_argument("--vae-from", help="reuse the autoencoder of this shapes model folder (no VAE training)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -92,6 +92,12 @@ def measure_base_quality(
         image_dir = Path(image_dir)
         image_dir.mkdir(parents=True, exist_ok=True)
 
+    from sliders.families import family_of_pipe
+
+    family = family_of_pipe(pipe)
+    # FLUX samples as sliders sample it: no negative prompt (no classifier-free guidance), prompts
+    # padded to the T5 length the model was trained with.
+    text_args = {"max_sequence_length": family.sequence_length(pipe)} if family.flow_matching else {}
     samples = []
     for start in range(0, n, batch_size):
         part = captions[start : start + batch_size]
@@ -102,7 +108,7 @@ def measure_base_quality(
                 prompt=prompts,
                 # Explicit "" rather than None, so a model saved with force_zeros_for_empty_prompt
                 # still gets the encoded empty prompt it was trained with.
-                negative_prompt=[""] * len(part),
+                **(text_args if family.flow_matching else {"negative_prompt": [""] * len(part)}),
                 num_inference_steps=steps,
                 guidance_scale=guidance_scale,
                 generator=generators,
