@@ -66,6 +66,10 @@ def _common_training_flags(parser: argparse.ArgumentParser) -> None:
                         help="preview grid every N steps and at the end, into samples/ (sample.every; 0: off)")
     parser.add_argument("--sample_prompt", action="append", metavar="TEXT",
                         help="preview prompt (sample.prompts; repeatable; default: the slider's own)")
+    _base_model_flags(parser, quantize=None)
+    parser.add_argument("--with_slider", action="append", metavar="FILE[:SCALES]",
+                        help="another slider present while this one trains, at one of SCALES per step (default 1); "
+                             "repeatable (train.with_sliders)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
 
 
@@ -82,6 +86,9 @@ def _overrides(args: argparse.Namespace) -> dict:
         "save.path": args.output_dir,
         "sample.every": args.sample_every,
         "sample.prompts": args.sample_prompt,
+        "train.with_sliders": args.with_slider,
+        "pretrained_model.transformer": args.transformer,
+        "pretrained_model.quantize": args.quantize,
     }
 
 
@@ -340,6 +347,7 @@ def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: st
                              + (f"{guidance_scale:g})" if guidance_scale is not None else "the slider's family's: 5 SDXL, "
                                 "7.5 SD 1.x/2.x; few-step models want 0-1)"))
     parser.add_argument("--pretrained_model", help="base model (default: the one recorded in the slider)")
+    _base_model_flags(parser)
     parser.add_argument("--resolution", type=int, help="image size (default: the slider's training resolution)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="model dtype")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU index")
@@ -348,6 +356,19 @@ def _generation_flags(parser: argparse.ArgumentParser, *, steps: int, output: st
                             help="fold the sliders into the UNet weights while they are on (faster; same images up to rounding)")
     parser.add_argument("--output", default=output, help=f"output folder (default: {output})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+
+
+def _base_model_flags(parser: argparse.ArgumentParser, quantize: str | None = "none") -> None:
+    """FLUX.1's base-model options, as training's `pretrained_model.transformer` and `.quantize` keys
+    (`quantize` None: the config's value unless the flag is given)."""
+    from .config import QUANTIZE_MODES
+
+    parser.add_argument("--transformer", metavar="FILE",
+                        help="FLUX.1: a single-file transformer in BFL's naming (flux1-dev.safetensors) in place "
+                             "of the base model's; the rest comes from the base model (pretrained_model.transformer)")
+    parser.add_argument("--quantize", default=quantize, choices=QUANTIZE_MODES, type=str.lower,
+                        help="FLUX.1: the transformer's blocks in 8bit (LLM.int8) or 4bit (NF4) with bitsandbytes "
+                             f"(default {quantize or 'the config value, none'}; pretrained_model.quantize)")
 
 
 def _generation_kwargs(args: argparse.Namespace) -> dict:
@@ -366,6 +387,8 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
         "precision": args.precision,
         "resolution": args.resolution,
         "negative_prompt": args.negative_prompt,
+        "transformer": args.transformer,
+        "quantize": args.quantize,
         **({"fused": args.fused} if hasattr(args, "fused") else {}),
     }
 
@@ -506,7 +529,9 @@ def _eval_edit_results(args: argparse.Namespace) -> int:
                                       ("--prompts_file", args.prompts_file), ("--edit_scenes", args.edit_scenes),
                                       ("--baseline_replace", args.baseline_replace), ("--compare", args.compare),
                                       ("--baseline_prompts_file", args.baseline_prompts_file),
-                                      ("--save_images", args.save_images), ("--fused", args.fused)) if value]
+                                      ("--save_images", args.save_images), ("--fused", args.fused),
+                                      ("--transformer", args.transformer), ("--quantize", args.quantize != "none"))
+             if value]
     if given:
         raise InputError(f"--edit_results measures the edits in its folder as they are; drop {', '.join(given)}")
     from .evaluation.edit_results import run_edit_results_evaluation

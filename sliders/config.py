@@ -21,6 +21,7 @@ from .files import write_text_atomic
 
 BUILTIN_MODEL = "builtin:shapes"  # the default: the shapes-world model shipped in sliders/assets
 SHAPES_SD1_MODEL = "builtin:shapes-sd1"  # the shapes world on an SD 1.x-architecture model
+SHAPES_FLUX_MODEL = "builtin:shapes-flux"  # ... and on a FLUX.1-architecture (flow-matching transformer) model
 TINY_MODEL = "builtin:tiny-sdxl"  # random weights, built on first use: for tests
 
 NETWORK_TYPES = ("lierla", "c3lier")
@@ -137,6 +138,9 @@ class TrainConfig:
     # Image sliders: weight of a term on the difference of two folders' predictions (README "Image
     # sliders"); 0 is the paper's loss.
     pair_difference: float = 0.0
+    # Other sliders present while this one trains, each 'file' (scale 1) or 'file:0,1,2' (one scale drawn
+    # per step; README "Composing sliders"); empty: the base model alone, as the paper.
+    with_sliders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,14 +186,16 @@ class SampleConfig:
 
     `every` 0 turns previews off. No prompts: the slider's own (the first entry's target for a text
     slider, the entry's positive prompt for an image slider). `start_noise` as in `sliders-sample`.
+    `steps` and `guidance_scale` None: 20 and 5.0, on FLUX.1 its sampling steps and guidance embedding
+    (30, 3.5; `previews.preview_settings`).
     """
 
     every: int = 0
     prompts: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
     scales: tuple[float, ...] = (-2.0, 0.0, 2.0)
-    steps: int = 20
-    guidance_scale: float = 5.0
+    steps: int | None = None
+    guidance_scale: float | None = None
     start_noise: float = 750.0
     resolution: int | None = None  # None: the training resolution
 
@@ -500,7 +506,7 @@ def _check_sample(sample: SampleConfig) -> None:
                              f"{MAX_PREVIEW_SCALE} are meaningful (sliders are trained at about -2 to 2)")
     if len({f"{s:+g}" for s in sample.scales}) != len(sample.scales):
         raise InputError(f"config key 'sample.scales' {list(sample.scales)} repeats a scale; give each scale once")
-    if not 1 <= sample.steps <= MAX_TIMESTEPS:
+    if sample.steps is not None and not 1 <= sample.steps <= MAX_TIMESTEPS:
         raise InputError(f"config key 'sample.steps' must be from 1 to {MAX_TIMESTEPS}, got {sample.steps}")
     if not 0 <= sample.start_noise <= MAX_TIMESTEPS:
         raise InputError(f"config key 'sample.start_noise' must be from 0 to {MAX_TIMESTEPS}, got {sample.start_noise:g}")
@@ -508,7 +514,7 @@ def _check_sample(sample: SampleConfig) -> None:
                                           or sample.resolution > MAX_RESOLUTION):
         raise InputError(f"config key 'sample.resolution' must be a multiple of 64 from 64 to {MAX_RESOLUTION} "
                          f"(e.g. 512), got {sample.resolution}")
-    if not 0 <= sample.guidance_scale <= MAX_GUIDANCE:
+    if sample.guidance_scale is not None and not 0 <= sample.guidance_scale <= MAX_GUIDANCE:
         raise InputError(f"config key 'sample.guidance_scale' must be from 0 to {MAX_GUIDANCE}, got "
                          f"{sample.guidance_scale:g}; 5 to 7.5 is usual")
     images = max(len(sample.prompts), 1) * len(sample.seeds) * len(sample.scales)

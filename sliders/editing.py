@@ -74,6 +74,7 @@ from .sampling import (
     RunPlan,
     Sample,
     SliderSpec,
+    base_options_record,
     combination_label,
     distinct_stems,
     kept_on_interrupt,
@@ -779,15 +780,10 @@ def _flow_method_message(method: str, family: Family) -> str:
 
 
 def check_family_edit(plan: RunPlan, method: str) -> None:
-    """Before the model loads: on a flow model (FLUX), an inversion or a negative prompt that needs
-    classifier-free guidance is one line."""
-    if not plan.family.flow_matching:
-        return
-    if method not in FLOW_INVERSIONS:
+    """Before the model loads: on a flow model (FLUX), an inversion that needs classifier-free guidance
+    is one line (a negative prompt is refused by `plan_run`)."""
+    if plan.family.flow_matching and method not in FLOW_INVERSIONS:
         raise InputError(_flow_method_message(method, plan.family))
-    if plan.negative_prompt:
-        raise InputError(f"--negative_prompt has no effect on {plan.family.label} (it has no classifier-free "
-                         "guidance); drop it")
 
 
 def check_edit_settings(method: Any, null_text_iterations: Any) -> str:
@@ -827,18 +823,21 @@ def run_editing(
     resolution: int | None = None,
     negative_prompt: str = "",
     null_text_iterations: int = NULL_TEXT_ITERATIONS,
+    transformer: str | Path | None = None,
+    quantize: str = "none",
 ) -> EditRun:
     """Check everything, load the base model once, edit every image at every scale combination and
     write the images, `grid.png` (input first) and `edits.json`. `prompt` is one text for every image
     or one per image, in order; it may be empty. `guidance_scale` None is DEFAULT_GUIDANCE, on a flow
-    model (FLUX) its family's guidance embedding (3.5)."""
+    model (FLUX) its family's guidance embedding (3.5); `transformer` and `quantize` (FLUX.1) are
+    `sampling.plan_run`'s."""
     method = check_edit_settings(method, null_text_iterations)
     paths = check_image_files(images)
     prompts = image_prompts(prompt, len(paths))
     plan = plan_run(
         specs, scales, prompts, (0,), output=output, start_noise=start_noise, steps=steps,
         guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
-        resolution=resolution, negative_prompt=negative_prompt,
+        resolution=resolution, negative_prompt=negative_prompt, transformer=transformer, quantize=quantize,
     )
     check_family_edit(plan, method)
     if guidance_scale is None and not plan.family.flow_matching:
@@ -858,7 +857,7 @@ def run_editing(
     settings = {
         "inversion": method, "prompts": list(prompts), "negative_prompt": negative_prompt, "steps": plan.steps,
         "start_noise": plan.start_noise, "guidance_scale": plan.guidance_scale, "resolution": plan.resolution,
-        "precision": plan.precision, "model": plan.model,
+        "precision": plan.precision, "model": plan.model, **base_options_record(plan),
         "sliders": [{"name": n, "path": str(s.path), "scales": list(v)}
                     for n, s, v in zip(slider_names, plan.specs, plan.scale_lists)],
     }

@@ -40,7 +40,8 @@ from .config import MAX_TIMESTEPS
 from .errors import InputError
 from .families import FLUX, SDXL, family_of_slider, family_of_source
 from .formats import NAMING_LABELS, SDXL_BASE_UNET_CONFIG, check_key_format, is_flux_file, parse_tensors
-from .network import DEFAULT_SCALES, load_slider, read_slider_file
+from .network import load_slider
+from .slider_files import DEFAULT_SCALES, read_slider_file
 
 logger = logging.getLogger(__name__)
 

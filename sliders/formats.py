@@ -25,7 +25,7 @@ LDM paths under `diffusion_model.`. Text-encoder keys are counted and left out.
 
 The LDM <-> diffusers path map is computed from the UNet config (layers per block, which blocks
 have attention or a sampler), so it holds for the tiny test model as for SDXL. No torch models are
-loaded here; file reading and slider rebuilding live in `sliders.network`.
+loaded here; file reading lives in `sliders.slider_files`, slider rebuilding in `sliders.network`.
 """
 
 from __future__ import annotations

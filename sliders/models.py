@@ -24,7 +24,7 @@ from diffusers import (
     LMSDiscreteScheduler,
 )
 
-from .config import BUILTIN_MODEL, SHAPES_SD1_MODEL
+from .config import BUILTIN_MODEL, SHAPES_FLUX_MODEL, SHAPES_SD1_MODEL
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -69,27 +69,29 @@ SHAPES_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shapes-sdxl"
 # The same world, model and recipe with SD 1.x's architecture (one text encoder, no added
 # conditioning), sharing the SDXL one's autoencoder.
 SHAPES_SD1_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shapes-sd1"
+# And with FLUX.1's (a flow-matching transformer with CLIP and T5 text encoders), on the same autoencoder.
+SHAPES_FLUX_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "shapes-flux"
+SHAPES_MODELS = {BUILTIN_MODEL: SHAPES_MODEL_DIR, SHAPES_SD1_MODEL: SHAPES_SD1_MODEL_DIR,
+                 SHAPES_FLUX_MODEL: SHAPES_FLUX_MODEL_DIR}
 
 
 def resolve_model(name_or_path: str) -> str:
     """Built-in model names become local folders; anything else is kept.
 
-    `builtin:shapes` is the shapes-world model shipped with the package (`builtin:shapes-sd1`: its
-    SD 1.x-architecture twin); `builtin:tiny-sdxl`,
+    `builtin:shapes` is the shapes-world model shipped with the package (`builtin:shapes-sd1` and
+    `builtin:shapes-flux`: its SD 1.x- and FLUX.1-architecture twins); `builtin:tiny-sdxl`,
     `builtin:tiny-sdxl-vpred`, `builtin:tiny-sd1` and `builtin:tiny-sd2v` are random tiny models built on
     first use (`sliders.tiny`).
     """
-    if name_or_path == BUILTIN_MODEL:
-        return str(SHAPES_MODEL_DIR)
-    if name_or_path == SHAPES_SD1_MODEL:
-        return str(SHAPES_SD1_MODEL_DIR)
+    if name_or_path in SHAPES_MODELS:
+        return str(SHAPES_MODELS[name_or_path])
     if name_or_path.startswith("builtin:"):
         from .tiny import TINY_BUILDERS, ensure_tiny_model
 
         kind = name_or_path[len("builtin:"):]
         if kind in TINY_BUILDERS:
             return str(ensure_tiny_model(kind=kind))
-        names = ", ".join([BUILTIN_MODEL, SHAPES_SD1_MODEL] + [f"builtin:{k}" for k in TINY_BUILDERS])
+        names = ", ".join([*SHAPES_MODELS] + [f"builtin:{k}" for k in TINY_BUILDERS])
         raise InputError(f"base model '{name_or_path}' is not a built-in model; built-in ones are {names}")
     return name_or_path
 
@@ -148,23 +150,24 @@ def load_pipeline(
     return pipe.to(device)
 
 
-def check_transformer_file(file: str) -> Path:
-    """The path of `pretrained_model.transformer` if it is a readable `.safetensors` file whose tensor
-    names (its header only) are a FLUX.1 transformer's in BFL's naming; else one line."""
+def check_transformer_file(file: str, option: str = "pretrained_model.transformer") -> Path:
+    """The path of `pretrained_model.transformer` (`option`: how the user gave it, e.g. `--transformer`)
+    if it is a readable `.safetensors` file whose tensor names (its header only) are a FLUX.1
+    transformer's in BFL's naming; else one line."""
     from .families import FLUX, _safetensors_keys
 
     path = Path(file).expanduser()
     if not path.is_file():
-        raise InputError(f"pretrained_model.transformer '{file}' does not exist; give a FLUX.1 transformer "
+        raise InputError(f"{option} '{file}' does not exist; give a FLUX.1 transformer "
                          ".safetensors file (flux1-dev.safetensors)")
     if path.suffix.lower() != ".safetensors":
-        raise InputError(f"pretrained_model.transformer '{file}' must be a .safetensors file")
+        raise InputError(f"{option} '{file}' must be a .safetensors file")
     try:
         keys = _safetensors_keys(path)
     except (OSError, ValueError, struct.error) as error:
-        raise InputError(f"pretrained_model.transformer '{file}' is not a readable .safetensors file ({error})") from None
+        raise InputError(f"{option} '{file}' is not a readable .safetensors file ({error})") from None
     if not FLUX.claims_checkpoint(keys):
-        raise InputError(f"pretrained_model.transformer '{file}' is not a FLUX.1 transformer in BFL's naming (no "
+        raise InputError(f"{option} '{file}' is not a FLUX.1 transformer in BFL's naming (no "
                          "'double_blocks.' tensors); give flux1-dev.safetensors or flux1-schnell.safetensors")
     return path
 
@@ -201,42 +204,44 @@ def load_flux_transformer(file: str, base: str, dtype: torch.dtype = torch.float
 QUANTIZED_BLOCKS = ("transformer_blocks", "single_transformer_blocks")  # FLUX's blocks: nearly all its weights
 
 
-def check_quantize(mode: str, family, device: torch.device | str, compute_dtype: torch.dtype = torch.bfloat16) -> None:
+def check_quantize(mode: str, family, device: torch.device | str, compute_dtype: torch.dtype = torch.bfloat16,
+                   option: str = "pretrained_model.quantize") -> None:
     """One line unless `pretrained_model.quantize` `mode` can run here: FLUX.1 only (a UNet family
     trains unquantized), on CUDA or the CPU, with a bitsandbytes that runs a small layer of that kind
-    forward and backward on this device (its CPU backend depends on its version)."""
+    forward and backward on this device (its CPU backend depends on its version). `option` names the
+    setting as the user gave it (`--quantize` on the image-making commands)."""
     if mode == "none":
         return
-    where = f"pretrained_model.quantize {mode}"
+    where = f"{option} {mode}"
+    off = f"leave {option} out" if option.startswith("--") else f"set {option} to none"
     if not family.flow_matching:
         raise InputError(f"{where} quantizes FLUX.1's transformer; {family.label} trains unquantized (its UNet "
-                         "fits); set pretrained_model.quantize to none")
+                         f"fits); {off}")
     device = torch.device(device)
     if device.type not in ("cuda", "cpu"):
         raise InputError(f"{where} runs on CUDA (or bitsandbytes' CPU backend), not {device.type}; "
-                         "use --device cuda or set pretrained_model.quantize to none")
+                         f"use --device cuda or {off}")
     try:
         import bitsandbytes
     except ImportError:
-        raise InputError(f"{where} needs bitsandbytes: pip install 'sliders[8bit]', or set "
-                         "pretrained_model.quantize to none") from None
+        raise InputError(f"{where} needs bitsandbytes: pip install 'sliders[8bit]', or {off}") from None
     failure = _quantized_failure(mode, device, compute_dtype)
     if failure:
         raise InputError(f"{where}: bitsandbytes {bitsandbytes.__version__} cannot run {mode} layers on {device.type} "
-                         f"({failure}); train on a CUDA GPU or set pretrained_model.quantize to none")
+                         f"({failure}); use a CUDA GPU or {off}")
 
 
 def quantize_denoiser(model: torch.nn.Module, mode: str, device: torch.device | str, family,
-                      compute_dtype: torch.dtype = torch.bfloat16) -> int:
+                      compute_dtype: torch.dtype = torch.bfloat16, option: str = "pretrained_model.quantize") -> int:
     """Replace every Linear of a FLUX transformer's double and single blocks by bitsandbytes' 8-bit
     (LLM.int8, outlier threshold 6) or 4-bit (NF4) layer, quantized as it moves to `device` (one layer
     at a time: the float weights never reach the device). Embedders and the output layer stay float.
     The quantized weights are frozen; a slider's adaptors hook the new layers as they hook a Linear
     (they are Linear subclasses with the same in/out features) and stay float32. Returns the number
-    of layers replaced; `mode` 'none' does nothing. Checked first (`check_quantize`)."""
+    of layers replaced; `mode` 'none' does nothing. Checked first (`check_quantize`, naming `option`)."""
     if mode == "none":
         return 0
-    check_quantize(mode, family, device, compute_dtype)
+    check_quantize(mode, family, device, compute_dtype, option)
     count = 0
     for blocks in QUANTIZED_BLOCKS:
         for module in list(getattr(model, blocks).modules()):
@@ -244,8 +249,7 @@ def quantize_denoiser(model: torch.nn.Module, mode: str, device: torch.device | 
                 if type(child) is torch.nn.Linear:
                     setattr(module, child_name, quantized_linear(child, mode, compute_dtype).to(device))
                     count += 1
-    logger.info("pretrained_model.quantize %s: %d Linear layers of the transformer quantized on %s", mode, count,
-                device)
+    logger.info("%s %s: %d Linear layers of the transformer quantized on %s", option, mode, count, device)
     return count
 
 

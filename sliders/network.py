@@ -1,38 +1,27 @@
-"""The slider network: low-rank adaptors on a UNet's Linear and Conv2d layers.
+"""The slider network: a set of LoRA adaptors on one UNet (or FLUX transformer) with one multiplier.
 
-Holds the LoRA module (SPEC section 1), the pure function that chooses which UNet layers a network
-type and training method cover, the network that attaches to a UNet through forward hooks (so the
-base weights are never touched and removal restores the UNet exactly), and save/load as
-`.safetensors` in the key formats of `sliders.formats` (reading also the official `.pt` sliders,
-weights only). It does not load models or train.
+Holds `SliderNetwork`, which hooks its `sliders.lora` adaptors into the layers `sliders.targets`
+selects (so the base weights are never touched and removal restores the UNet exactly), sets and
+scopes the multiplier, folds the delta into the weights, names its tensors in the key formats of
+`sliders.formats` and saves itself as a slider file (`sliders.slider_files`); and `load_slider`,
+which rebuilds one from a file's keys, shapes and metadata. It does not load models or train.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import torch
-from diffusers.models.attention_processor import Attention
-from diffusers.models.downsampling import Downsample2D
-from diffusers.models.resnet import ResnetBlock2D
-from diffusers.models.upsampling import Upsample2D
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.nn import functional as F
 
 from . import __version__
-from .config import NETWORK_TYPES, TRAINING_METHODS
 from .errors import InputError
 from .families import FLUX, detect_family
 from .families.flux import kohya_tensors as flux_kohya_tensors
-from .families.flux import split_kohya as flux_split_kohya
-from .files import atomic_tensor_path
 from .formats import (
     DEFAULT_KEY_FORMAT,
     NAMING_LABELS,
@@ -42,180 +31,12 @@ from .formats import (
     parse_tensors,
     unet_config,
 )
+from .lora import PREFIX, LoRAModule, lora_name
 from .models import DTYPES
+from .slider_files import DEFAULT_SCALES, DEFAULT_START_NOISE, read_slider_file, unfuse_flux, write_slider_file
+from .targets import select_targets
 
 logger = logging.getLogger(__name__)
-
-PREFIX = "lora_unet"
-# What a slider file recommends to the UIs that use it, where training recorded nothing else: the
-# paper's SDEdit-style switch (sliders off while the timestep is above 750) and the scales sampled.
-DEFAULT_START_NOISE = 750
-DEFAULT_SCALES = (-2.0, -1.0, 0.0, 1.0, 2.0)
-# Files read as a torch pickle, always with weights_only=True: no code in them runs.
-TORCH_SUFFIXES = (".pt", ".ckpt", ".pth")
-ATTENTION_LAYERS = ("to_q", "to_k", "to_v", "to_out.0")
-RESNET_LAYERS = ("conv1", "conv2", "conv_shortcut", "time_emb_proj")
-SAMPLER_LAYERS = ("conv",)
-
-
-class LoRAModule(nn.Module):
-    """`y = base(x) + multiplier * (alpha / rank) * up(down(x))` for one Linear or Conv2d.
-
-    `up` starts at zero and `down` Kaiming-uniform, so a fresh module changes nothing. The
-    parameters stay float32 whatever the base dtype; inputs are cast up and the delta cast back.
-    """
-
-    def __init__(self, name: str, base: nn.Module, rank: int, alpha: float | None):
-        super().__init__()
-        self.name = name
-        if isinstance(base, nn.Conv2d):
-            rank = min(rank, base.in_channels, base.out_channels)
-            self.lora_down = nn.Conv2d(
-                base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False
-            )
-            self.lora_up = nn.Conv2d(rank, base.out_channels, 1, 1, bias=False)
-        elif isinstance(base, nn.Linear):
-            # Capped like a conv: a rank above either side adds parameters and no expressiveness.
-            rank = min(rank, base.in_features, base.out_features)
-            self.lora_down = nn.Linear(base.in_features, rank, bias=False)
-            self.lora_up = nn.Linear(rank, base.out_features, bias=False)
-        else:
-            raise TypeError(f"{name}: LoRA wraps nn.Linear or nn.Conv2d, not {type(base).__name__}")
-        self.rank = rank
-        alpha = float(alpha) if alpha else float(rank)
-        self.register_buffer("alpha", torch.tensor(alpha))
-        self.scale = alpha / rank
-        # `multiplier * scale` as a 0-d tensor as well as a float: a compiled UNet reads the tensor,
-        # so a new multiplier changes a value in the graph instead of recompiling it.
-        self.register_buffer("factor", torch.zeros(()), persistent=False)
-        self.multiplier = 0.0
-        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_up.weight)
-
-    def _branch(self, x: torch.Tensor) -> torch.Tensor:
-        # Functional calls rather than the submodules' __call__: this runs for every adapted layer
-        # on every UNet call, and module-call overhead dominates a host-bound step.
-        down, up = self.lora_down, self.lora_up
-        if isinstance(down, nn.Conv2d):
-            return F.conv2d(F.conv2d(x, down.weight, None, down.stride, down.padding), up.weight)
-        return F.linear(F.linear(x, down.weight), up.weight)
-
-    @property
-    def multiplier(self) -> float:
-        return self._multiplier
-
-    @multiplier.setter
-    def multiplier(self, value: float) -> None:
-        self._multiplier = float(value)
-        self.active = self._multiplier != 0
-        with torch.no_grad():
-            self.factor.fill_(self._multiplier * self.scale)
-
-    def hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        # At multiplier 0 the LoRA branch is skipped entirely: the output is the base model's, bit for bit.
-        if not self.active:
-            return output
-        branch = self._branch(inputs[0].to(self.lora_down.weight.dtype))
-        return output + (branch * self.factor).to(output.dtype)
-
-    def weight_delta(self) -> torch.Tensor:
-        """`multiplier * (alpha / rank) * up @ down` in the base layer's weight shape, float32: the change
-        the hook makes to the layer's output, written as a change of its weight."""
-        up = self.lora_up.weight.flatten(1)  # (out, rank)
-        down = self.lora_down.weight.flatten(1)  # (rank, in * kh * kw)
-        return ((up @ down) * (self.multiplier * self.scale)).view(
-            up.shape[0], *self.lora_down.weight.shape[1:]
-        )
-
-
-def _method_allows(method: str, block_name: str, layer: str) -> bool:
-    """Whether a training method covers `layer` of the attention/resnet/sampler at `block_name`.
-
-    `noxattn-hspace` is `noxattn` restricted to the mid block (no mid-block cross-attention), as in
-    the official code, which applies the `noxattn` filter to both h-space methods first.
-    """
-    noxattn = "attn2" not in block_name and "time_embed" not in block_name
-    if method == "full":
-        return True
-    if method == "noxattn":
-        return noxattn
-    if method == "innoxattn":
-        return "attn2" not in block_name
-    if method == "selfattn":
-        return "attn1" in block_name
-    if method == "xattn":
-        return "attn2" in block_name
-    if method == "xattn-strict":
-        return "attn2" in block_name and layer in ("to_q", "to_k", "to_v")
-    if method == "noxattn-hspace":
-        return noxattn and "mid_block" in block_name
-    raise AssertionError(method)
-
-
-def _last_mid_resnet(unet: nn.Module) -> str | None:
-    mid = getattr(unet, "mid_block", None)
-    resnets = getattr(mid, "resnets", None)
-    if not resnets:
-        return None
-    return f"mid_block.resnets.{len(resnets) - 1}"
-
-
-def select_targets(unet: nn.Module, network_type: str, training_method: str, *, check_only: bool = False
-                   ) -> list[tuple[str, nn.Module]]:
-    """The (dotted name, layer) pairs a network of this type and method wraps; pure, in UNet order.
-    `check_only` validates the names and selects nothing (FLUX's layers are `FluxFamily.target_modules`).
-
-    `lierla`: to_q/to_k/to_v/to_out.0 of every attention module. `c3lier` adds conv1, conv2,
-    conv_shortcut, time_emb_proj of resnet blocks and the conv of down/up-samplers.
-    """
-    if network_type not in NETWORK_TYPES:
-        raise InputError(f"network type {network_type!r} is unknown; choose one of {', '.join(NETWORK_TYPES)}")
-    if training_method not in TRAINING_METHODS:
-        raise InputError(
-            f"training method {training_method!r} is unknown; choose one of {', '.join(TRAINING_METHODS)}"
-        )
-    if check_only:
-        return []
-    last_mid = _last_mid_resnet(unet)
-    targets: list[tuple[str, nn.Module]] = []
-    for block_name, block in unet.named_modules():
-        if isinstance(block, Attention):
-            layers = ATTENTION_LAYERS
-        elif network_type == "c3lier" and isinstance(block, ResnetBlock2D):
-            layers = RESNET_LAYERS
-        elif network_type == "c3lier" and isinstance(block, (Downsample2D, Upsample2D)):
-            layers = SAMPLER_LAYERS
-        else:
-            continue
-        for layer in layers:
-            module = _submodule(block, layer)
-            if not isinstance(module, (nn.Linear, nn.Conv2d)):
-                continue
-            if training_method == "noxattn-hspace-last":
-                allowed = block_name == last_mid and layer == "conv2"
-            else:
-                allowed = _method_allows(training_method, block_name, layer)
-            if allowed:
-                targets.append((f"{block_name}.{layer}", module))
-    if not targets:
-        raise InputError(
-            f"network type '{network_type}' with training method '{training_method}' selects no layer of this "
-            "UNet; choose another combination (e.g. c3lier with noxattn-hspace-last needs a mid-block resnet)"
-        )
-    return targets
-
-
-def _submodule(block: nn.Module, dotted: str) -> nn.Module | None:
-    """`block.<dotted>`, or None where the block has no such layer (conv_shortcut is optional)."""
-    try:
-        return block.get_submodule(dotted)
-    except AttributeError:
-        return None
-
-
-def lora_name(dotted: str) -> str:
-    """UNet path -> kohya key prefix: 'mid_block.resnets.0.conv1' -> 'lora_unet_mid_block_resnets_0_conv1'."""
-    return f"{PREFIX}_{dotted.replace('.', '_')}"
 
 
 class SliderNetwork(nn.Module):
@@ -442,90 +263,13 @@ class SliderNetwork(nn.Module):
             by_path = {self._dotted[key]: module for key, module in self.loras.items()}
             meta["sliders_fused_parts"] = flux_kohya_tensors(self._unet_ref[0], by_path, torch.float32)[1]
         meta.pop("lora_adapter_metadata", None)  # a source file's PEFT alphas are in the tensors now
-        meta = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_tensor_path(path) as temporary:
-            save_file(self.state_dict_for(key_format, DTYPES[precision]), temporary, metadata=meta)
-        return path
+        return write_slider_file(path, self.state_dict_for(key_format, DTYPES[precision]), meta)
 
 
 def _device_of(module: nn.Module) -> torch.device:
     for parameter in module.parameters():
         return parameter.device
     return torch.device("cpu")
-
-
-def read_slider_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a slider file.
-
-    `.safetensors` files, and the official code's `.pt` sliders (a torch.save of the network's
-    state_dict), read with `torch.load(weights_only=True)` so that no code in the file runs; those
-    have no metadata. Anything else, or an unreadable file, is an InputError.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"slider file '{path}' does not exist; check the path")
-    suffix = path.suffix.lower()
-    if suffix in TORCH_SUFFIXES:
-        return _read_torch_file(path), {}
-    if suffix != ".safetensors":
-        raise InputError(
-            f"slider file '{path}' is not .safetensors (nor a {'/'.join(TORCH_SUFFIXES)} state dict); "
-            "give a slider file in one of these"
-        )
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise InputError(f"slider file '{path}' is not a readable safetensors file ({error}); re-save or re-train it") from None
-    return tensors, metadata
-
-
-def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
-    import pickle
-
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(
-            f"slider file '{path}' is not .safetensors and torch.load(weights_only=True) cannot read it ({reason}); "
-            "only plain tensor state dicts load this way, never pickled code"
-        ) from None
-    if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise InputError(f"slider file '{path}' holds no state dict of tensors; save the network's state_dict() instead")
-    return {str(k): v for k, v in data.items()}
-
-
-def _unfuse_flux(tensors: dict[str, torch.Tensor], metadata: Mapping[str, str], model: nn.Module, path: Path
-                 ) -> dict[str, torch.Tensor]:
-    """A FLUX file's kohya fused-layer keys (`lora_unet_double_blocks_0_img_attn_qkv`) as one diffusers-path
-    key set per part (`sliders.families.flux.split_kohya`); other keys are kept as they are."""
-    fused = [k for k in tensors if k.startswith(("lora_unet_double_blocks_", "lora_unet_single_blocks_"))]
-    if not fused:
-        return tensors
-    try:
-        recorded = json.loads(metadata.get("sliders_fused_parts", "null"))
-    except json.JSONDecodeError:
-        recorded = None
-    parts = flux_split_kohya(tensors, model, recorded)
-    known = {f"{part['key']}.{leaf}" for part in parts.values() for leaf in ("lora_down.weight", "lora_up.weight", "alpha")}
-    unknown = [k for k in fused if k not in known]
-    if unknown:
-        raise InputError(f"slider file '{path}' (kohya FLUX naming) has key '{unknown[0]}', which this FLUX model "
-                         "lacks or sliders does not adapt; load it with the base model it was trained on")
-    out = {k: v for k, v in tensors.items() if k not in set(fused)}
-    for dotted, part in parts.items():
-        key = lora_name(dotted)
-        out[f"{key}.lora_down.weight"] = part["down"]
-        out[f"{key}.lora_up.weight"] = part["up"]
-        out[f"{key}.alpha"] = torch.tensor(part["alpha"])
-    return out
 
 
 def load_slider(
@@ -545,7 +289,7 @@ def load_slider(
     path = Path(path)
     tensors, metadata = contents if contents is not None else read_slider_file(path)
     if FLUX.claims(unet_config(unet)):
-        tensors = _unfuse_flux(tensors, metadata, unet, path)
+        tensors = unfuse_flux(tensors, metadata, unet, path)
     parsed = parse_tensors(tensors, metadata, unet_config(unet), f"slider file '{path}'")
     if not parsed.layers:
         extra = f" (only {parsed.text_encoder_layers} text-encoder layers)" if parsed.text_encoder_layers else ""

@@ -12,6 +12,7 @@ No training, no checkpoints here; the trainer decides when to render and writes 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import torch
 from .config import SampleConfig
 from .distributed import SINGLE, Processes
 from .errors import InputError
-from .families import family_of_pipe
+from .families import Family, family_of_pipe
 from .grids import make_grid
 from .models import vae_factor
 from .network import SliderNetwork
@@ -35,11 +36,26 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SAMPLES_FOLDER = "samples"
+# What a preview uses where `sample.steps` / `sample.guidance_scale` are not given, on a UNet family
+# (fewer steps than sliders-sample's 50: a preview is a glance). FLUX.1 uses its family's own values.
+PREVIEW_STEPS, PREVIEW_GUIDANCE = 20, 5.0
 
 
 def preview_path(folder: str | Path, step: int) -> Path:
     """`samples/step_<N>.png` in the run folder."""
     return Path(folder) / SAMPLES_FOLDER / f"step_{step}.png"
+
+
+def preview_settings(settings: SampleConfig, family: Family) -> SampleConfig:
+    """`settings` with `steps` and `guidance_scale` filled in where the config leaves them out: 20 and
+    5.0 on a UNet family; on a flow model (FLUX.1) its sampling steps and guidance embedding (30, 3.5),
+    what `sliders-sample` uses there (classifier-free guidance of 5 means nothing to it)."""
+    flow = family.flow_matching
+    steps = settings.steps if settings.steps is not None else (family.defaults.steps if flow else PREVIEW_STEPS)
+    guidance = settings.guidance_scale
+    if guidance is None:
+        guidance = family.defaults.guidance_scale if flow else PREVIEW_GUIDANCE
+    return dataclasses.replace(settings, steps=steps, guidance_scale=guidance)
 
 
 def encode_preview_prompts(pipe, prompts: Sequence[str], device: torch.device, clip_skip: int | None = None) -> dict:
@@ -122,14 +138,17 @@ def make_previews(
     """Previews for a run, or None when `settings.every` is 0.
 
     `default_prompts` are used when the settings give none; `resolution` when the settings give none
-    (the training resolution). `encoded` (from `encode_preview_prompts`) saves encoding them here,
-    which needs `pipe`'s text encoders on `device`.
+    (the training resolution); steps and guidance as `preview_settings` fills them in. `encoded`
+    (from `encode_preview_prompts`) saves encoding them here, which needs `pipe`'s text encoders on
+    `device`.
     """
     if settings.every <= 0:
         return None
+    family = family_of_pipe(pipe)
+    settings = preview_settings(settings, family)
     prompts = tuple(settings.prompts) or tuple(default_prompts)
     size = settings.resolution or resolution
-    multiple = math.lcm(8, family_of_pipe(pipe).pixel_multiple(vae_factor(pipe.vae)))  # FLUX: 2x2 patches
+    multiple = math.lcm(8, family.pixel_multiple(vae_factor(pipe.vae)))  # FLUX: 2x2 patches
     if size % multiple:
         raise InputError(f"config key 'sample.resolution' is {size}, but this model's images need a multiple of "
                          f"{multiple}; pick e.g. {max(multiple, size // multiple * multiple)}")
@@ -140,8 +159,9 @@ def make_previews(
         # An image slider keeps its VAE in fp32 for encoding; the pipeline decodes in the UNet's dtype.
         vae = copy.deepcopy(vae).to("cpu", unet.dtype)
     # The model's sampling scheduler, not the training one.
-    preview_pipe = family_of_pipe(pipe).preview_pipeline(pipe, unet, vae, copy.deepcopy(pipe.scheduler))
+    preview_pipe = family.preview_pipeline(pipe, unet, vae, copy.deepcopy(pipe.scheduler))
     preview_pipe.set_progress_bar_config(disable=True)
-    logger.info("previews every %d steps: %d prompts x %d seeds at scales %s, %d px",
-                settings.every, len(prompts), len(settings.seeds), list(settings.scales), size)
+    logger.info("previews every %d steps: %d prompts x %d seeds at scales %s, %d px, %d steps, guidance %g",
+                settings.every, len(prompts), len(settings.seeds), list(settings.scales), size, settings.steps,
+                settings.guidance_scale)
     return Previews(settings, preview_pipe, network, prompts, encoded, size, device, name)

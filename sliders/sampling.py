@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
-from .config import PRECISION_ALIASES
+from .config import PRECISION_ALIASES, QUANTIZE_MODES
 from .distributed import SINGLE, Processes
 from .distributed import start as start_processes
 from .errors import InputError, Interrupted, OutputError, Terminated
@@ -36,7 +36,8 @@ from .families import SDXL, Family, check_family, family_of_pipe, family_of_slid
 from .files import atomic_path
 # Also imported from here by callers older than `grids`, hence the names this module does not use.
 from .grids import ROW_LABEL_WIDTH, combination_label, drawable, make_grid  # noqa: F401
-from .models import DTYPES, load_pipeline, parse_device, resolve_model, vae_factor
+from .models import (DTYPES, check_quantize, check_transformer_file, load_pipeline, parse_device, quantize_denoiser,
+                     resolve_model, vae_factor)
 from .prompts import MAX_RESOLUTION
 from .network import SliderNetwork, load_slider, read_slider_file
 from .runs import RunLock, check_writable_folder, remove_leftovers
@@ -590,6 +591,8 @@ class RunPlan:
     output: Path
     slider_names: tuple[str, ...]
     family: Family = SDXL  # the base model's family (its files, else the first slider's record)
+    transformer: Path | None = None  # FLUX.1: a single-file transformer replacing the model's (--transformer)
+    quantize: str = "none"  # FLUX.1: the transformer's block Linears in 8bit or 4bit (--quantize)
 
 
 def plan_run(
@@ -607,6 +610,8 @@ def plan_run(
     precision: str,
     resolution: int | None,
     negative_prompt: str,
+    transformer: str | Path | None = None,
+    quantize: str = "none",
 ) -> RunPlan:
     """Check every input of a run and resolve its defaults, without loading any model.
 
@@ -616,6 +621,9 @@ def plan_run(
     recorded), with a warning for a later slider recorded on another base model. That base model
     must exist and every slider must fit its UNet (`check_base_model`, from configs, no weights).
     The resolution is checked against the VAE only once the model is loaded (see `loaded`).
+    On FLUX.1, `transformer` (a BFL single file) and `quantize` are checked as training checks
+    `pretrained_model.transformer` and `.quantize` (`check_base_options`), and a negative prompt
+    is refused (no classifier-free guidance to use it).
     """
     if isinstance(specs, SliderSpec):
         specs = [specs]
@@ -673,6 +681,11 @@ def plan_run(
     family = family_of_source(resolve_model(model)) or family_of_slider(metadatas[0]) or SDXL
     if family.flow_matching:  # known before the model loads, from its VAE config
         check_resolution(resolution, "--resolution", family, read_vae_factor(model, family))
+        if negative_prompt:  # FluxPipeline would drop it without a word
+            raise InputError(f"--negative_prompt has no effect on {family.label} (it has no classifier-free "
+                             "guidance); remove it")
+    transformer_path, quantize = check_base_options(model, family, transformer, quantize, torch_device,
+                                                    DTYPES[precision])
     return RunPlan(
         specs=specs,
         scale_lists=scale_lists,
@@ -690,7 +703,25 @@ def plan_run(
         output=output,
         slider_names=tuple(distinct_stems([spec.path for spec in specs])),
         family=family,
+        transformer=transformer_path,
+        quantize=quantize,
     )
+
+
+def check_base_options(model: str, family: Family, transformer: str | Path | None, quantize: Any,
+                       device: torch.device, dtype: torch.dtype) -> tuple[Path | None, str]:
+    """`--transformer` and `--quantize` before the model loads, as training checks its config keys: FLUX.1
+    only, a readable BFL transformer file, a bitsandbytes that runs `quantize` layers on `device`.
+    Returns (the transformer file or None, the quantize mode)."""
+    if not isinstance(quantize, str) or quantize.lower() not in QUANTIZE_MODES:
+        raise InputError(f"--quantize {quantize!r} is unknown; choose {', '.join(QUANTIZE_MODES)}")
+    quantize = quantize.lower()
+    for flag, on in (("--transformer", bool(transformer)), ("--quantize", quantize != "none")):
+        if on and not family.flow_matching:
+            raise InputError(f"{flag} is for FLUX.1, but base model '{model}' is {family.label}; leave it out")
+    path = check_transformer_file(str(transformer), "--transformer") if transformer else None
+    check_quantize(quantize, family, device, dtype, "--quantize")
+    return path, quantize
 
 
 @contextmanager
@@ -702,7 +733,7 @@ def loaded(plan: RunPlan, *, loader: Callable | None = None) -> Iterator[tuple[A
     this module's `load_pipeline` (a caller passes its own so that it can be replaced there).
     """
     logger.info("loading base model %s (%s on %s)", plan.model, plan.precision, plan.device)
-    pipe = (loader or load_pipeline)(plan.model, plan.dtype, plan.device)
+    pipe = _load_base(plan, loader or load_pipeline)
     _check_multiple(plan.resolution, math.lcm(8, vae_factor(pipe.vae)), "--resolution")
     check_resolution(plan.resolution, "--resolution", family_of_pipe(pipe), vae_factor(pipe.vae))
     sliders: list[SliderNetwork] = []
@@ -715,6 +746,32 @@ def loaded(plan: RunPlan, *, loader: Callable | None = None) -> Iterator[tuple[A
     finally:
         for slider in sliders:
             slider.detach()
+
+
+def base_options_record(plan: RunPlan) -> dict:
+    """`--transformer` and `--quantize` for a run's report, where given (nothing otherwise)."""
+    record = {"transformer": str(plan.transformer)} if plan.transformer else {}
+    return {**record, "quantize": plan.quantize} if plan.quantize != "none" else record
+
+
+def check_fused(fused: bool, plan: RunPlan) -> None:
+    """`fused` folds the sliders into the denoiser's weights, which `--quantize` keeps as integers."""
+    if fused and plan.quantize != "none":
+        raise InputError(f"--fused folds the sliders into the transformer's weights, which --quantize {plan.quantize} "
+                         "stores quantized; leave --fused off (the sliders then run beside the quantized layers)")
+
+
+def _load_base(plan: RunPlan, loader: Callable):
+    """The plan's pipeline on its device: with `plan.transformer` the transformer from that file, with
+    `plan.quantize` its blocks quantized layer by layer onto the device before the rest moves there
+    (the float weights never reach it), as training does."""
+    extra = {"transformer": str(plan.transformer)} if plan.transformer else {}
+    if plan.quantize == "none":
+        return loader(plan.model, plan.dtype, plan.device, **extra)
+    pipe = loader(plan.model, plan.dtype, "cpu", **extra)
+    family = family_of_pipe(pipe)
+    quantize_denoiser(family.denoiser(pipe), plan.quantize, plan.device, family, plan.dtype, "--quantize")
+    return pipe.to(plan.device)
 
 
 def run_sampling(
@@ -733,19 +790,23 @@ def run_sampling(
     resolution: int | None = None,
     negative_prompt: str = "",
     fused: bool = False,
+    transformer: str | Path | None = None,
+    quantize: str = "none",
 ) -> tuple[list[Path], Path]:
     """Validate everything, load the base model once, sample and write the images and `grid.png`.
 
     The base model and resolution default to those recorded in the first slider's metadata
-    (`sliders_base_model`, `sliders_resolution`; 1024 when none is recorded). Returns the image
-    paths (in generation order) and the grid's path.
+    (`sliders_base_model`, `sliders_resolution`; 1024 when none is recorded). On FLUX.1,
+    `transformer` and `quantize` are `plan_run`'s. Returns the image paths (in generation order)
+    and the grid's path.
     """
     # Everything the user gave is checked before any model is loaded.
     plan = plan_run(
         specs, scales, prompts, seeds, output=output, start_noise=start_noise, steps=steps,
         guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
-        resolution=resolution, negative_prompt=negative_prompt,
+        resolution=resolution, negative_prompt=negative_prompt, transformer=transformer, quantize=quantize,
     )
+    check_fused(fused, plan)
     # Under `accelerate launch` each process makes its share of the images on its own device; the
     # main process writes them all (`generate` gathers them).
     processes = start_processes(plan.device)

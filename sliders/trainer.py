@@ -1,49 +1,50 @@
-"""The one training loop that text and image sliders share.
+"""The one training loop that text and image sliders share, and the set-up before it.
 
-Setup (seed, models, prompt embeddings, network, optimizer, LR schedule), the loop (one objective
-step, slider predictions with backward inside the multiplier scope, optimizer and schedule steps,
-progress bar, logging) and checkpoints, each with the training state that resumes the run exactly
-(`runs.py` writes and finds it); SIGINT/SIGTERM save one at the current step once a step is done,
-and before that stop at once, leaving the run folder as it was. What a step trains on comes from
-`objectives.py`.
+Setup (seed, models, prompt embeddings, network, previews) and the loop (one objective step, slider
+predictions with backward inside the multiplier scope, optimizer and schedule steps, progress bar,
+logging, checkpoints at their steps); SIGINT/SIGTERM save a resumable checkpoint at the current
+step once a step is done, and before that stop at once, leaving the run folder as it was. What a
+step trains on comes from `objectives.py`; the optimizer and LR schedule from `optim.py`; saving
+and resuming from `checkpoints.py`; TensorBoard and W&B from `loggers.py`; the checks made before
+any model loads from `training_checks.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import math
-import os
 import random
 import signal
-import tempfile
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import Config, SaveConfig, config_to_dict, run_folder_name, save_config
+from .checkpoints import Checkpoints, check_resume_state
+from .companions import Companions
+from .config import Config, config_to_dict, run_folder_name, save_config
 from .data import LatentSource, PairedFolders
 from .distributed import SINGLE, Processes, process_seed
 from .errors import InputError, Interrupted, Terminated, TrainingError
-from .families import SDXL, Family, family_of_pipe, family_of_source
-from .models import (DTYPES, check_quantize, load_pipeline, make_scheduler, predict_noise, prediction_of,
-                     quantize_denoiser, vae_factor)
+from .families import SDXL, Family, family_of_pipe
+from .loggers import Loggers
+from .models import DTYPES, check_quantize, load_pipeline, make_scheduler, prediction_of, quantize_denoiser, vae_factor
 from .network import SliderNetwork
 from .objectives import FlowImageObjective, FlowTextObjective, ImageObjective, TextObjective, image_prompts
+from .optim import make_lr_scheduler, make_optimizer
 from .previews import Previews, encode_preview_prompts, make_previews, preview_path
 from .prompts import PromptEntry, distinct_prompts
-from .runs import RunFolder, ResumePoint, checkpoint_path, prepare_run_folder, read_state, state_paths, write_state
-from .sampling import check_resolution, read_vae_factor, write_png
+from .runs import RunFolder, ResumePoint, prepare_run_folder
+from .sampling import check_resolution, write_png
 from .stats import RunStats
+from .training_checks import check_resolutions, check_training_inputs  # noqa: F401 (for sliders.cli)
 
 logger = logging.getLogger(__name__)
 
@@ -60,183 +61,6 @@ def run_folder(config: Config) -> Path:
     return Path(config.save.path) / run_folder_name(config)
 
 
-BNB_OPTIMIZERS = ("adamw8bit", "adam8bit", "lion8bit", "lion")
-
-
-def check_training_inputs(config: Config) -> None:
-    """What only torch or an optional package can judge, checked before any model loads: the optimizer
-    and its `optimizer_args` (built once on a dummy parameter) and the logging packages asked for."""
-    name, args = config.train.optimizer, config.train.optimizer_args
-    dummy = torch.nn.Parameter(torch.zeros(2))
-    optimizer = make_optimizer(name, [dummy], config.train.lr, args)
-    if name not in BNB_OPTIMIZERS:  # bitsandbytes steps only on a GPU: its arguments are checked by the constructor
-        dummy.grad = torch.ones_like(dummy)
-        try:
-            optimizer.step()
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise InputError(f"train.optimizer_args {args!r} do not work with optimizer '{name}': {error}") from None
-    _check_base_options(config)
-    if config.logging.tensorboard_dir:
-        _optional("torch.utils.tensorboard", "tensorboard", "logging.tensorboard_dir")
-    if config.logging.use_wandb:
-        _optional("wandb", "wandb", "logging.use_wandb")
-
-
-def _check_base_options(config: Config) -> None:
-    """`pretrained_model.transformer` and `.quantize` (FLUX.1 only) before the model loads, where the
-    base model's family is known from its files; whether bitsandbytes runs on the device is `setup`'s."""
-    from .models import check_transformer_file, resolve_model
-
-    model = config.pretrained_model
-    if not model.transformer and model.quantize == "none":
-        return
-    family = family_of_source(resolve_model(model.name_or_path), family=model.family, v2=model.v2)
-    for key, on in (("transformer", bool(model.transformer)), ("quantize", model.quantize != "none")):
-        if on and family is not None and not family.flow_matching:
-            raise InputError(f"config key 'pretrained_model.{key}' is for FLUX.1, but base model "
-                             f"'{model.name_or_path}' is {family.label}; remove the key")
-    if model.transformer:
-        check_transformer_file(model.transformer)
-
-
-def check_resolutions(config: Config, resolutions: Sequence[tuple[str, int]]) -> None:
-    """Before the model loads: every (key, resolution) of the run, and `sample.resolution`, fits the base
-    model's latents where its family packs them (FLUX: multiples of 16, `sampling.check_resolution`).
-    A model whose family is known only once loaded is checked then (`setup`)."""
-    from .models import resolve_model
-
-    model = config.pretrained_model
-    family = family_of_source(resolve_model(model.name_or_path), family=model.family, v2=model.v2)
-    if family is None or not family.flow_matching:
-        return
-    factor = read_vae_factor(model.name_or_path, family)
-    extra = [("config key 'sample.resolution'", config.sample.resolution)] if config.sample.resolution else []
-    for what, value in [*resolutions, *extra]:
-        check_resolution(value, what, family, factor)
-
-
-def parse_optimizer_args(text: str) -> dict:
-    """'weight_decay=0.01 betas=0.9,0.99 decouple=True' -> keyword arguments."""
-    kwargs = {}
-    for part in text.split():
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise InputError(f"train.optimizer_args entry {part!r} is not key=value; write e.g. 'weight_decay=0.01'")
-        kwargs[key] = _literal(value)
-    return kwargs
-
-
-def _literal(value: str):
-    if "," in value:
-        return tuple(_literal(v) for v in value.split(",") if v)
-    if value in ("True", "true"):
-        return True
-    if value in ("False", "false"):
-        return False
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
-
-
-def _optional(module: str, package: str, what: str, install: str | None = None):
-    """Import an optional package chosen by a setting; missing, it is an InputError with the install command."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise InputError(f"{what} needs the package '{package}'; install it with: pip install {install or package}") from None
-
-
-def make_optimizer(name: str, params: Sequence[torch.nn.Parameter], lr: float, args: str) -> torch.optim.Optimizer:
-    """Optimizer by config name; optional packages are imported only when chosen."""
-    kwargs = parse_optimizer_args(args)
-
-    def bnb():
-        return _optional("bitsandbytes", "bitsandbytes", f"optimizer '{name}'", "'sliders[8bit]'")
-
-    builders: dict[str, Callable[[], torch.optim.Optimizer]] = {
-        "adam": lambda: torch.optim.Adam(params, lr=lr, **kwargs),
-        "adamw": lambda: torch.optim.AdamW(params, lr=lr, **kwargs),
-        "adamw8bit": lambda: bnb().optim.AdamW8bit(params, lr=lr, **kwargs),
-        "adam8bit": lambda: bnb().optim.Adam8bit(params, lr=lr, **kwargs),
-        "lion8bit": lambda: bnb().optim.Lion8bit(params, lr=lr, **kwargs),
-        "lion": lambda: bnb().optim.Lion(params, lr=lr, **kwargs),
-        "prodigy": lambda: _optional("prodigyopt", "prodigyopt", f"optimizer '{name}'").Prodigy(params, lr=lr, **kwargs),
-        "dadaptadam": lambda: _optional("dadaptation", "dadaptation", f"optimizer '{name}'").DAdaptAdam(params, lr=lr, **kwargs),
-        "dadaptlion": lambda: _optional("dadaptation", "dadaptation", f"optimizer '{name}'").DAdaptLion(params, lr=lr, **kwargs),
-    }
-    try:
-        return builders[name]()
-    except (TypeError, ValueError) as error:
-        raise InputError(f"train.optimizer_args {args!r} do not fit optimizer '{name}': {error}") from None
-
-
-def make_lr_scheduler(name: str, optimizer: torch.optim.Optimizer, iterations: int, lr: float):
-    """The official code's schedules over `iterations` steps (SPEC section 4).
-
-    `constant`; `cosine` from lr to lr/100 over the run; `cosine_with_restarts` from lr to lr/100 in
-    cycles of T // 10 steps, each twice the last; `step`, lr times 0.999 every T // 100 steps;
-    `linear`, a warm-up from lr/2 to lr over the first T // 100 steps, then lr (the official
-    `LinearLR(factor=0.5)` call fails on current torch; this is what it meant). Periods that round to 0
-    in short runs are 1 step.
-    """
-    sched = torch.optim.lr_scheduler
-    floor = lr / 100
-    tenth = max(1, iterations // 10)
-    hundredth = max(1, iterations // 100)
-    if name == "constant":
-        return sched.LambdaLR(optimizer, lambda _: 1.0)
-    if name == "cosine":
-        return sched.CosineAnnealingLR(optimizer, T_max=iterations, eta_min=floor)
-    if name == "cosine_with_restarts":
-        return sched.CosineAnnealingWarmRestarts(optimizer, T_0=tenth, T_mult=2, eta_min=floor)
-    if name == "step":
-        return sched.StepLR(optimizer, step_size=hundredth, gamma=0.999)
-    if name == "linear":
-        return sched.LinearLR(optimizer, start_factor=0.5, end_factor=1.0, total_iters=hundredth)
-    raise InputError(f"lr scheduler {name!r} is unknown")
-
-
-class _Loggers:
-    """Optional TensorBoard and Weights & Biases scalars; silent when neither is configured."""
-
-    def __init__(self, config: Config, folder: Path, enabled: bool = True):
-        self.writer = None
-        self.wandb = None
-        if not enabled:  # a process other than the main one of a multi-process run
-            return
-        if config.logging.tensorboard_dir:
-            tensorboard = _optional("torch.utils.tensorboard", "tensorboard", "logging.tensorboard_dir")
-            self.writer = tensorboard.SummaryWriter(config.logging.tensorboard_dir)
-        if config.logging.use_wandb:
-            self.wandb = _optional("wandb", "wandb", "logging.use_wandb")
-            self.wandb.init(project="sliders", name=config.save.name, config=config_to_dict(config), dir=str(folder))
-
-    def log(self, step: int, values: dict[str, float]) -> None:
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
-        if self.wandb is not None:
-            self.wandb.log(values, step=step)
-
-    def image(self, step: int, name: str, image) -> None:
-        """A PIL image (a preview grid) to TensorBoard and Weights & Biases."""
-        if self.writer is not None:
-            import numpy as np
-
-            self.writer.add_image(name, np.asarray(image.convert("RGB")), step, dataformats="HWC")
-        if self.wandb is not None:
-            self.wandb.log({name: self.wandb.Image(image)}, step=step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
 @dataclass
 class Setup:
     unet: torch.nn.Module
@@ -247,6 +71,7 @@ class Setup:
     stats: RunStats = dataclasses.field(default_factory=RunStats)  # started before the model loads: its total includes setup
     previews: Previews | None = None  # with `sample.every`
     family: Family = SDXL
+    companions: Companions | None = None  # with `train.with_sliders`
 
 
 def setup(
@@ -302,6 +127,11 @@ def setup(
         rank=config.network.rank,
         alpha=config.network.alpha,
     ).attach()
+    companions = None
+    if config.train.with_sliders:
+        companions = Companions.load(config.train.with_sliders, unet, config.train.seed, model.name_or_path,
+                                     family.name)
+        companions.off()
     if family.flow_matching:  # the model's own flow-matching schedule; train.noise_scheduler is for UNets
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     else:
@@ -309,7 +139,7 @@ def setup(
     logger.info("slider on %d layers, %d parameters", len(network.loras), sum(p.numel() for p in network.parameters()))
     previews = make_previews(config.sample, pipe, unet, network, preview_prompts, resolution, device,
                              encoded=preview_text, name=config.save.name)
-    return Setup(unet, vae, scheduler, embeddings, network, stats, previews, family)
+    return Setup(unet, vae, scheduler, embeddings, network, stats, previews, family, companions)
 
 
 def slider_metadata(config: Config, resolution: int, prompts: object, parts: Setup) -> dict[str, str]:
@@ -356,7 +186,7 @@ def train_loop(
     if main:
         folder.mkdir(parents=True, exist_ok=True)
         save_config(config, folder / "config.yaml")
-    saver = _Checkpoints(config, folder, metadata, network, optimizer, lr_scheduler, rng, generator, objective)
+    saver = Checkpoints(config, folder, metadata, network, optimizer, lr_scheduler, rng, generator, objective)
     processes.check()  # every process has set up (an error in one stops all here)
     resume = processes.share(resume)  # found by the main process, which holds the run folder
     start = 0
@@ -367,7 +197,7 @@ def train_loop(
             rng.seed(seed + start)
             generator.manual_seed((seed + start) % 2**64)
     processes.broadcast_parameters(network.trainable_parameters())
-    loggers = _Loggers(config, folder, enabled=main)
+    loggers = Loggers(config, folder, enabled=main)
     previews = parts.previews
     name, losses = config.save.name, []
     stats = parts.stats
@@ -382,6 +212,8 @@ def train_loop(
             for step in bar:
                 failure, loss = None, 0.0
                 try:
+                    if parts.companions is not None:
+                        parts.companions.draw(step)
                     terms = objective.step(rng, generator)
                     with stats.phase("slider_forward_backward"):
                         loss = _train_step(unet, network, terms, parts.family, config.train.pair_difference)
@@ -409,6 +241,8 @@ def train_loop(
                 if main and step < total and (step % config.save.per_steps == 0 or stop):
                     saver.save(step)
                 if previews is not None and previews.due(step, total):
+                    if parts.companions is not None:
+                        parts.companions.off()  # previews show this slider alone
                     _preview(previews, step, folder, stats, unet, loggers, processes)
                 if stop and step < total:
                     raise Interrupted(
@@ -424,6 +258,8 @@ def train_loop(
         describe = getattr(objective, "describe", None)
         stats.options = describe() if describe is not None else {}
         stats.options["quantize"] = config.pretrained_model.quantize
+        if parts.companions is not None:
+            stats.options["with_sliders"] = parts.companions.describe()
         if completed:  # every process is here: the counts of all go into stats.json
             stats.combine(processes)
         if main:
@@ -436,7 +272,7 @@ def train_loop(
     return RunResult(folder, last, saver.checkpoints, losses)
 
 
-def _preview(previews: Previews, step: int, folder: Path, stats: RunStats, unet, loggers: _Loggers,
+def _preview(previews: Previews, step: int, folder: Path, stats: RunStats, unet, loggers: Loggers,
              processes: Processes) -> None:
     """Render the preview grid of `step` and write it (main process); its UNet calls are not training's."""
     stats.detach()
@@ -485,120 +321,6 @@ class _Signals:
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-
-class _Checkpoints:
-    """Step checkpoints with their training state, the final slider, and what is kept when a step fails."""
-
-    def __init__(self, config: Config, folder: Path, metadata, network, optimizer, lr_scheduler, rng, generator, objective):
-        self.config, self.folder, self.metadata = config, folder, metadata
-        self.network, self.optimizer, self.lr_scheduler = network, optimizer, lr_scheduler
-        self.rng, self.generator, self.objective = rng, generator, objective
-        self.checkpoints: list[Path] = []
-        self.latest: Path | None = None  # the latest complete, resumable checkpoint
-        self.latest_step = 0
-
-    def _parts(self) -> dict:
-        parts = {
-            "network": self.network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "python_random": self.rng.getstate(),
-            "torch_generator": self.generator.get_state(),
-            "torch_global": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            parts["torch_cuda"] = torch.cuda.get_rng_state_all()
-        state_dict = getattr(self.objective, "state_dict", None)
-        if state_dict is not None:
-            parts["objective"] = state_dict()
-        return parts
-
-    def save(self, step: int) -> Path:
-        """The slider at `step` and, beside it, everything resuming needs; a failed write keeps the slider elsewhere."""
-        path = checkpoint_path(self.folder, self.config.save.name, step)
-        meta = {**self.metadata, "sliders_step": str(step)}
-        try:
-            self.network.save(path, meta, self.config.save.precision, self.config.save.key_format)
-            write_state(path, self._parts(), {
-                "step": step,
-                "config": config_to_dict(self.config),
-                "prompts": self.metadata.get("sliders_prompts"),
-            })
-        except OSError as error:
-            kept = _save_elsewhere(self.network, f"{self.config.save.name}_{step}steps", meta, self.config.save)
-            earlier = f"the last complete checkpoint is '{self.latest}' (step {self.latest_step}, resumable with --resume)" \
-                if self.latest else "no earlier checkpoint was complete"
-            raise TrainingError(f"could not write checkpoint '{path}' ({error.strerror or error}); {kept}; {earlier}") from None
-        if path not in self.checkpoints:
-            self.checkpoints.append(path)
-        if self.latest is not None and self.latest != path:
-            _drop_state(self.latest)  # only the latest state is needed to resume; the sliders stay
-        self.latest, self.latest_step = path, step
-        return path
-
-    def restore(self, point: ResumePoint) -> int:
-        """Load a checkpoint's training state into the network, optimizer, schedule, random states and objective."""
-        parts = read_state(point)
-        load_training_state(point, parts, self.network, self.optimizer, self.lr_scheduler, self.rng, self.generator)
-        torch.set_rng_state(parts["torch_global"])
-        if "torch_cuda" in parts and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(list(parts["torch_cuda"]))
-        load = getattr(self.objective, "load_state_dict", None)
-        if load is not None and "objective" in parts:
-            load(parts["objective"])
-        self.latest, self.latest_step = point.checkpoint, point.step
-        return point.step
-
-    def diverged(self, step: int, loss: float) -> str:
-        """The message for a non-finite loss at `step`, after keeping the weights of step - 1 (not yet updated)."""
-        good = step - 1
-        finite = all(torch.isfinite(p).all() for p in self.network.parameters())
-        if good >= 1 and finite and self.latest_step != good:
-            try:
-                self.save(good)
-            except TrainingError as error:
-                logger.warning("%s", error)
-        if self.latest is not None:
-            kept = f"kept the last good checkpoint '{self.latest}' (step {self.latest_step})"
-        else:
-            kept = "no slider was kept (nothing was learned before it)"
-        return f"the loss is {loss} at step {step}; {kept}; lower train.lr or train in fp32/bf16"
-
-    def save_last(self, step: int) -> Path:
-        """`{name}_last.safetensors`; when it cannot be written, the slider goes to a fallback path and the error says where."""
-        name = self.config.save.name
-        last = self.folder / f"{name}_last.safetensors"
-        meta = {**self.metadata, "sliders_step": str(step)}
-        try:
-            self.network.save(last, meta, self.config.save.precision, self.config.save.key_format)
-        except OSError as error:
-            kept = _save_elsewhere(self.network, f"{name}_last", meta, self.config.save)
-            raise TrainingError(f"could not write the final slider '{last}' ({error.strerror or error}); {kept}") from None
-        if self.latest is not None:
-            _drop_state(self.latest)  # the run is finished: nothing is left to resume
-        return last
-
-
-def _drop_state(checkpoint: Path) -> None:
-    for path in state_paths(checkpoint):
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-
-
-def _save_elsewhere(network: SliderNetwork, stem: str, metadata: dict, save: SaveConfig) -> str:
-    """Save the slider into the temp folder, else the working directory; say where (or that it is lost)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for place in (Path(tempfile.gettempdir()), Path.cwd()):
-        path = place / f"{stem}-{stamp}-{os.getpid()}.safetensors"
-        try:
-            network.save(path, metadata, save.precision, save.key_format)
-        except OSError:
-            continue
-        return f"the slider was saved to '{path}' instead"
-    return f"the slider could not be saved anywhere (tried {tempfile.gettempdir()} and {Path.cwd()})"
 
 
 def _train_step(unet, network: SliderNetwork, terms, family: Family = SDXL, pair_difference: float = 0.0) -> float:
@@ -771,74 +493,6 @@ def open_run(config: Config, prompts_record: object, *, overwrite: bool = False,
             run.release()
             raise
     return run
-
-
-def check_resume_state(config: Config, point: ResumePoint) -> None:
-    """The training state `--resume` continues from, read and loaded into a slider, optimizer and LR
-    schedule built for this config on the base model's UNet built on the meta device (layer names and
-    shapes from its config, no weights), before the model loads: a truncated or damaged state, or the
-    state of another network, is one line now instead of after the load. Where the UNet config cannot
-    be read without loading the model (a single file, a hub id out of reach), only the file is read
-    here, and `_Checkpoints.restore` says the rest."""
-    from .export import meta_unet
-    from .models import read_unet_config
-
-    parts = read_state(point)
-    unet_config = read_unet_config(config.pretrained_model.name_or_path)
-    if unet_config is None:
-        return
-    # Building the slider draws its initial weights: leave the global generator as it was.
-    with torch.random.fork_rng(devices=[]):
-        network = SliderNetwork.create(meta_unet(unet_config), network_type=config.network.type,
-                                       training_method=config.network.training_method, rank=config.network.rank,
-                                       alpha=config.network.alpha)
-    optimizer = make_optimizer(config.train.optimizer, network.trainable_parameters(), config.train.lr,
-                               config.train.optimizer_args)
-    lr_scheduler = make_lr_scheduler(config.train.lr_scheduler, optimizer, config.train.iterations, config.train.lr)
-    load_training_state(point, parts, network, optimizer, lr_scheduler, random.Random(), torch.Generator())
-
-
-def load_training_state(point: ResumePoint, parts: dict, network: SliderNetwork, optimizer, lr_scheduler,
-                        rng: random.Random, generator: torch.Generator) -> None:
-    """Load a training state's slider, optimizer, schedule and random states into these (the global
-    torch state is only checked: the caller sets it). One that does not fit is one whole line."""
-    where = f"training state '{point.state_tensors}'"
-    saved = parts.get("network")
-    differences = _state_differences(saved, network.state_dict()) if isinstance(saved, dict) else ""
-    if differences:
-        raise InputError(f"{where} holds the slider of another network ({differences}); it was not saved by this "
-                         "run; start again with --overwrite")
-    try:
-        network.load_state_dict(parts["network"])
-        optimizer.load_state_dict(parts["optimizer"])
-        lr_scheduler.load_state_dict(parts["lr_scheduler"])
-        state = parts["python_random"]
-        rng.setstate((state[0], tuple(state[1]), state[2]))
-        generator.set_state(parts["torch_generator"])
-        torch.Generator().set_state(parts["torch_global"])
-    except (KeyError, IndexError, TypeError, RuntimeError, ValueError) as error:
-        reason = f"no entry {error}" if isinstance(error, KeyError) else " ".join(str(error).split())
-        raise InputError(f"{where} does not fit this run ({reason or type(error).__name__}); "
-                         "start again with --overwrite") from None
-
-
-def _state_differences(saved: dict, current: dict) -> str:
-    """What keeps a saved slider state from loading into this run's network ('' when nothing does):
-    tensors of other shapes, missing or extra, each counted with its first example."""
-    reshaped = [key for key in current if key in saved and isinstance(saved[key], torch.Tensor)
-                and saved[key].shape != current[key].shape]
-    missing = [key for key in current if key not in saved]
-    extra = [key for key in saved if key not in current]
-    said = []
-    if reshaped:
-        key = reshaped[0]
-        said.append(f"{len(reshaped)} of its {len(current)} tensors have other shapes, e.g. '{key}' is "
-                    f"{tuple(saved[key].shape)} where this config needs {tuple(current[key].shape)}")
-    if missing:
-        said.append(f"{len(missing)} tensors of this config are missing, e.g. '{missing[0]}'")
-    if extra:
-        said.append(f"{len(extra)} tensors are not in this config, e.g. '{extra[0]}'")
-    return ", ".join(said)
 
 
 @contextmanager

@@ -211,6 +211,9 @@ def test_sample_after_train(text_config, tmp_path, capsys, caplog):
         (["--config", "{config}", "--prompts_file", "{bad_prompts}"], "unknown key 'guidance': did you mean 'guidance_scale'"),
         (["--config", "{config}", "--iterations", "0"], "train.iterations' must be > 0"),
         (["--config", "{config}", "--no_such_flag"], "unrecognized arguments"),
+        (["--config", "{config}", "--quantize", "8bit"], "'pretrained_model.quantize' is for FLUX.1"),
+        (["--config", "{config}", "--quantize", "3bit"], "argument --quantize: invalid choice"),
+        (["--config", "{config}", "--transformer", "{missing}"], "'pretrained_model.transformer' is for FLUX.1"),
     ],
 )
 def test_train_bad_inputs_exit_2_with_one_line(args, message, text_config, tmp_path, capsys):

@@ -5,6 +5,7 @@ sampling equals 1-process sampling bit for bit; a failure in one process stops a
 one process trains exactly the slider of the single-process loop.
 """
 
+import json
 import os
 import random
 import socket
@@ -21,8 +22,9 @@ from sliders.cli import train_main
 from sliders.config import load_config
 from sliders.distributed import Processes, process_seed
 from sliders.network import read_slider_file
+from sliders.optim import make_lr_scheduler, make_optimizer
 from sliders.prompts import load_prompts
-from sliders.trainer import _train_step, make_lr_scheduler, make_optimizer, prepare_text
+from sliders.trainer import _train_step, prepare_text
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 BIN = Path(sys.executable).parent
@@ -190,11 +192,15 @@ def test_two_processes_sample_the_images_of_one_bit_for_bit(text_config, tmp_pat
 
 
 def test_two_processes_evaluate_into_the_report_of_one(text_config, tmp_path):
-    import json
-
     assert train_main(["--config", str(text_config), "--device", "cpu"]) == 0
     common = ["--slider", str(_slider(tmp_path)), "--scales=-2,0,2", "--prompt", "circle", "--seeds", "0-2",
               "--steps", "2", "--resolution", "64", "--device", "cpu"]
+    one, two = eval_alone_and_split(common, tmp_path)
+    assert one == two  # every image's measurements, every figure
+
+
+def eval_alone_and_split(common, tmp_path):
+    """`sliders-eval` with `common` flags in one process and split over two: both reports, less `seconds`."""
     alone = subprocess.run([str(BIN / "sliders-eval"), *common, "--output", str(tmp_path / "one")],
                            env={**os.environ, **ENV}, capture_output=True, text=True, timeout=TIMEOUT)
     assert alone.returncode == 0, alone.stderr[-3000:]
@@ -203,4 +209,4 @@ def test_two_processes_evaluate_into_the_report_of_one(text_config, tmp_path):
     assert result.stdout.count("wrote ") == 1
     one, two = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two"))
     one.pop("seconds"), two.pop("seconds")
-    assert one == two  # every image's measurements, every figure
+    return one, two

@@ -1,6 +1,7 @@
 """FLUX.1 base models beyond a diffusers folder: a single-file transformer in BFL's naming
 (`pretrained_model.transformer`), and the frozen transformer quantized with bitsandbytes
-(`pretrained_model.quantize`), on `builtin:tiny-flux`.
+(`pretrained_model.quantize`), on `builtin:tiny-flux`; for training, and for sliders-sample,
+sliders-edit and sliders-eval (`--transformer`, `--quantize`).
 
 The BFL files are written here from the tiny transformer by this file's own diffusers -> BFL
 conversion, which is checked against diffusers' `convert_flux_transformer_checkpoint_to_diffusers`
@@ -10,12 +11,14 @@ config and `load_pipeline` (and the CLI), as users' files do.
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import save_file
 
-from sliders.cli import train_main
+from sliders.cli import edit_main, eval_main, sample_main, train_main
 from sliders.config import load_config
 from sliders.errors import InputError
 from sliders.families import FLUX, SDXL, family_of_source
@@ -394,3 +397,138 @@ def test_quantize_is_refused_where_it_cannot_run(folder, tmp_path, capsys, monke
     assert train_main(["--config", str(config), "--device", "cpu"]) == 2
     line = _error_line(capsys)
     assert "cannot run 8bit layers on cpu" in line and "no CPU kernel" in line
+
+
+# ---------------------------------------------------------------- sliders-sample, -edit and -eval on them
+
+
+@pytest.fixture(scope="module")
+def slider(folder, tmp_path_factory):
+    """A FLUX text slider trained for two steps on the tiny model's folder (which it records)."""
+    tmp = tmp_path_factory.mktemp("flux_slider")
+    assert train_main(["--config", str(_write_config(tmp, name_or_path=folder)), "--device", "cpu"]) == 0
+    return next((tmp / "models").glob("flux_*/flux_last.safetensors"))
+
+
+def _sample(slider, out, *extra):
+    """sliders-sample at scales -2, 0, 2 (3 steps); its exit code."""
+    return sample_main(["--slider", str(slider), "--scales=-2,0,2", "--steps", "3", "--prompt", "circle",
+                        "--output", str(out), "--device", "cpu", *extra])
+
+
+def _pngs(out):
+    return {p.name: np.asarray(Image.open(p)).astype(int) for p in sorted(out.glob("*.png")) if p.name != "grid.png"}
+
+
+def test_sample_takes_the_transformer_from_a_single_file(folder_pipe, slider, bfl_file, tmp_path):
+    """`--transformer` beside the recorded folder: the folder model's images; a file with other
+    weights gives other images (so the file is what is read)."""
+    assert _sample(slider, tmp_path / "plain") == 0
+    assert _sample(slider, tmp_path / "file", "--transformer", str(bfl_file)) == 0
+    plain, from_file = _pngs(tmp_path / "plain"), _pngs(tmp_path / "file")
+    assert len(plain) == 3 and plain.keys() == from_file.keys()
+    for name in plain:  # the same tensors: equal up to float rounding, which may flip a pixel by one
+        assert np.abs(plain[name] - from_file[name]).max() <= 1, name
+    model = folder_pipe.transformer
+    bfl = to_bfl({k: v.detach().clone() for k, v in model.state_dict().items()}, len(model.transformer_blocks),
+                 len(model.single_transformer_blocks))
+    bfl["final_layer.linear.weight"] = bfl["final_layer.linear.weight"] * 3
+    changed = tmp_path / "changed.safetensors"
+    save_file(bfl, str(changed))
+    assert _sample(slider, tmp_path / "changed", "--transformer", str(changed)) == 0
+    other = _pngs(tmp_path / "changed")
+    assert all(np.abs(other[name] - plain[name]).mean() > 1 for name in plain)
+
+
+@pytest.mark.parametrize("mode", ["8bit", "4bit"])
+def test_sample_on_a_quantized_transformer(slider, tmp_path, capsys, mode):
+    """`--quantize` on the CPU (bitsandbytes 0.50): images close to the float model's, and the slider
+    still changes them."""
+    assert _sample(slider, tmp_path / "plain") == 0
+    assert _sample(slider, tmp_path / mode, "--quantize", mode.upper()) == 0  # any case, as the config key
+    assert "wrote 3 images" in capsys.readouterr().out
+    plain, quantized = _pngs(tmp_path / "plain"), _pngs(tmp_path / mode)
+    assert plain.keys() == quantized.keys()
+    for name in plain:
+        assert 0 < np.abs(quantized[name] - plain[name]).mean() < 2, name  # quantized, but the same image
+    zero = next(image for name, image in quantized.items() if name.endswith("+0.png"))
+    assert all(np.abs(image - zero).mean() > 0.05 for name, image in quantized.items() if not name.endswith("+0.png"))
+
+
+def test_eval_and_edit_take_both_options(slider, bfl_file, tmp_path):
+    """sliders-eval and sliders-edit run on the file's transformer quantized, and record both options."""
+    both = ["--transformer", str(bfl_file), "--quantize", "8bit"]
+    out = tmp_path / "eval"
+    assert eval_main(["--slider", str(slider), "--prompt", "circle", "--seeds", "0", "--scales=-1,0,1", "--steps", "2",
+                      "--output", str(out), "--device", "cpu", *both]) == 0
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert settings["transformer"] == str(bfl_file) and settings["quantize"] == "8bit"
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photo)
+    out = tmp_path / "edit"
+    assert edit_main(["--image", str(photo), "--slider", str(slider), "--scales=-2,0,2", "--steps", "3", "--prompt",
+                      "circle", "--inversion", "direct", "--output", str(out), "--device", "cpu",
+                      "--transformer", str(bfl_file), "--quantize", "4bit"]) == 0
+    settings = json.loads((out / "edits.json").read_text())["settings"]
+    assert settings["transformer"] == str(bfl_file) and settings["quantize"] == "4bit"
+    assert len(list(out.glob("photo_*.png"))) == 3
+
+
+def test_bad_base_options_of_the_image_commands_are_one_line_before_the_model_loads(
+        slider, bfl_file, tiny_pipe, tmp_path, capsys, monkeypatch):
+    import bitsandbytes
+
+    import sliders.evaluation
+    import sliders.models
+    import sliders.sampling
+    from sliders.config import TINY_MODEL
+    from sliders.network import SliderNetwork
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    for module in (sliders.models, sliders.sampling, sliders.evaluation):
+        monkeypatch.setattr(module, "load_pipeline", forbidden)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64)).save(photo)
+    commands = {
+        "sample": lambda path, *extra: _sample(path, tmp_path / "s", *extra),
+        "edit": lambda path, *extra: edit_main(["--image", str(photo), "--slider", str(path), "--output",
+                                                str(tmp_path / "e"), "--device", "cpu", *extra]),
+        "eval": lambda path, *extra: eval_main(["--slider", str(path), "--prompt", "circle", "--output",
+                                                str(tmp_path / "v"), "--device", "cpu", *extra]),
+    }
+    sdxl_keys = tmp_path / "sdxl.safetensors"
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(sdxl_keys))
+    torch.manual_seed(0)
+    sdxl_slider = SliderNetwork.create(tiny_pipe.unet, network_type="c3lier", training_method="noxattn", rank=2,
+                                       alpha=1.0).save(tmp_path / "sdxl_slider.safetensors",
+                                                       {"sliders_base_model": TINY_MODEL, "sliders_resolution": "64"})
+    cases = [
+        (slider, ["--transformer", str(tmp_path / "nowhere.safetensors")], "--transformer '", "does not exist"),
+        (slider, ["--transformer", str(sdxl_keys)], "--transformer '", "not a FLUX.1 transformer"),
+        (sdxl_slider, ["--transformer", str(bfl_file)], "--transformer is for FLUX.1", "Stable Diffusion XL"),
+        (sdxl_slider, ["--quantize", "4bit"], "--quantize is for FLUX.1", "Stable Diffusion XL"),
+    ]
+    for name, command in commands.items():
+        for path, extra, *words in cases:
+            assert command(path, *extra) == 2, (name, extra)
+            line = _error_line(capsys)
+            assert all(word in line for word in words), (name, line)
+    for name in ("sample", "eval"):  # sliders-edit has no --fused
+        assert commands[name](slider, "--quantize", "8bit", "--fused") == 2
+        assert "--fused" in _error_line(capsys)
+    with pytest.raises(SystemExit) as stop:  # argparse's own refusal
+        commands["sample"](slider, "--quantize", "2bit")
+    assert stop.value.code == 2 and "--quantize: invalid choice: '2bit'" in _error_line(capsys)
+    assert eval_main(["--edit_results", str(tmp_path), "--quantize", "8bit"]) == 2
+    assert "drop --quantize" in _error_line(capsys)
+
+    def unavailable(*args, **kwargs):
+        raise NotImplementedError("no CPU kernel for int8 matmul")
+
+    monkeypatch.setattr(bitsandbytes, "matmul", unavailable)
+    for name, command in commands.items():
+        assert command(slider, "--quantize", "8bit") == 2, name
+        line = _error_line(capsys)
+        assert "--quantize 8bit: bitsandbytes" in line and "cannot run 8bit layers on cpu" in line, (name, line)

@@ -233,6 +233,59 @@ def test_previews_while_training_flux_leave_the_training_unchanged(tmp_path):
                  _tensors(next((tmp_path / "models").glob("plain_*/plain_last.safetensors"))))
 
 
+def test_flux_previews_use_the_familys_steps_and_guidance(tmp_path, monkeypatch):
+    """Previews on FLUX.1 sample as sliders-sample does there: its 30 steps and guidance embedding 3.5
+    where the config gives none, the config's values where it does."""
+    import sliders.previews
+
+    calls = []
+    original = sliders.previews.generate
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs["steps"], kwargs["guidance_scale"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sliders.previews, "generate", spy)
+    config = _write_text_config(tmp_path, name="defaults")
+    assert train_main(["--config", str(config), "--device", "cpu", "--sample_every", "2"]) == 0
+    given = _write_text_config(tmp_path, name="given")
+    given.write_text(given.read_text() + "sample:\n  every: 2\n  steps: 4\n  guidance_scale: 2\n", encoding="utf-8")
+    assert train_main(["--config", str(given), "--device", "cpu"]) == 0
+    assert calls == [(FLUX.defaults.steps, FLUX.defaults.guidance_scale), (4, 2.0)] == [(30, 3.5), (4, 2.0)]
+
+
+def test_preview_defaults_of_unet_families_are_unchanged():
+    from sliders.config import SampleConfig
+    from sliders.families import family_named
+    from sliders.previews import preview_settings
+
+    for name in ("sdxl", "sd1", "sd2"):
+        settings = preview_settings(SampleConfig(), family_named(name))
+        assert (settings.steps, settings.guidance_scale, settings.start_noise) == (20, 5.0, 750.0), name
+    given = preview_settings(SampleConfig(steps=7, guidance_scale=0.0), FLUX)
+    assert (given.steps, given.guidance_scale) == (7, 0.0)
+    assert preview_settings(SampleConfig(steps=7), SDXL).steps == 7
+    assert preview_settings(SampleConfig(), FLUX).steps == 30
+
+
+def test_sample_and_eval_refuse_a_negative_prompt_on_flux(text_slider, tmp_path, capsys, monkeypatch):
+    """FLUX.1 has no classifier-free guidance: a negative prompt would be dropped without a word."""
+    from sliders import evaluation, sampling
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(sampling, "load_pipeline", forbidden)
+    monkeypatch.setattr(evaluation, "load_pipeline", forbidden)
+    common = ["--slider", str(text_slider), "--prompt", "circle", "--negative_prompt", "blurry", "--device", "cpu"]
+    assert sample_main(common + ["--output", str(tmp_path / "s")]) == 2
+    line = _error_line(capsys)
+    assert "--negative_prompt" in line and "FLUX.1" in line and "remove it" in line
+    assert eval_main(common + ["--output", str(tmp_path / "v")]) == 2
+    assert "--negative_prompt" in _error_line(capsys)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "v").exists()
+
+
 def test_image_slider_previews_on_flux(tmp_path):
     from conftest import write_image_folders
 

@@ -1,7 +1,9 @@
 """Tests for the measurers with options (sliders.evaluation.measurers), the CLIP measurer on a tiny random
 CLIP built here (no download), the slider-quality figures (sliders.evaluation.quality) on hand-made
 series, and `sliders-eval --measurer clip` end to end on the built-in shapes model: generated images,
-several sliders side by side (--compare), and a sliders-edit folder (--edit_results)."""
+several sliders side by side (--compare), and a sliders-edit folder (--edit_results); on sliders trained
+on every family's tiny model (SD 1.x, SD 2.x, SDXL, FLUX.1), with and without --fused; and split over two
+processes as under `accelerate launch`."""
 
 from __future__ import annotations
 
@@ -390,6 +392,102 @@ def test_eval_measures_a_sliders_edit_folder_against_its_inputs(shapes_sliders, 
     with pytest.raises(InputError, match="drop --slider"):
         _eval(["--edit_results", str(edits), "--slider", str(shapes_sliders[0])])
     assert eval_main(["--edit_results", str(tmp_path / "nothing"), "--output", str(tmp_path / "o")]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# sliders-eval --measurer clip wherever evaluation works: every family, --fused, two processes
+# --------------------------------------------------------------------------------------------------
+
+FAMILY_MODELS = {  # family -> (tiny model, its training lines)
+    "sd1": ("builtin:tiny-sd1", "  max_denoising_steps: 6\n"),
+    "sd2v": ("builtin:tiny-sd2v", "  max_denoising_steps: 6\n"),
+    "sdxl": ("builtin:tiny-sdxl", "  max_denoising_steps: 6\n"),
+    "flux": ("builtin:tiny-flux", "  flow_steps: 4\n  lr: 0.01\n"),
+}
+CLIP_TEXTS = ("large circle", "small circle")  # the sliders' recorded positive and unconditional prompts
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILY_MODELS))
+def family_slider(request, tmp_path_factory, sliders_home):
+    """(family, model, slider): a text slider trained for two iterations through the CLI on the family's
+    tiny model, its up weights made 100 times larger so that its scales visibly change the images."""
+    from safetensors.torch import save_file
+
+    from sliders.cli import train_main
+    from sliders.network import read_slider_file
+
+    family, (model, train) = request.param, FAMILY_MODELS[request.param]
+    folder = tmp_path_factory.mktemp(f"clip-{family}")
+    prompts = folder / "prompts.yaml"
+    prompts.write_text(f'- target: "circle"\n  positive: "{CLIP_TEXTS[0]}"\n  unconditional: "{CLIP_TEXTS[1]}"\n'
+                       "  action: enhance\n  guidance_scale: 2\n  resolution: 64\n", encoding="utf-8")
+    config = folder / "config.yaml"
+    config.write_text(f'prompts_file: "{prompts}"\npretrained_model:\n  name_or_path: "{model}"\n'
+                      f"network:\n  rank: 2\n  training_method: full\ntrain:\n  precision: fp32\n  iterations: 2\n"
+                      f'{train}save:\n  name: text\n  path: "{folder / "models"}"\n  per_steps: 10\n', encoding="utf-8")
+    assert train_main(["--config", str(config), "--device", "cpu"]) == 0
+    tensors, metadata = read_slider_file(next((folder / "models").glob("text_*/text_last.safetensors")))
+    strong = folder / "strong.safetensors"
+    save_file({k: (v * 100 if k.endswith("lora_up.weight") else v).contiguous() for k, v in tensors.items()},
+              str(strong), metadata)
+    return family, model, strong
+
+
+def _clip_eval(slider, tiny_clip, out, *extra):
+    argv = ["--slider", str(slider), "--scales=-1,0,1", "--prompt", "a red circle", "--seeds", "0", "--steps", "2",
+            "--measurer", "clip", "--measurer_arg", f"model={tiny_clip}", "--measurer_arg", "lpips=off",
+            "--output", str(out), "--device", "cpu", *extra]
+    assert eval_main(argv) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_eval_with_clip_on_every_family_plain_and_fused(family_slider, tiny_clip, tmp_path):
+    """On each family (SD 1.x, SD 2.x v-prediction, SDXL, FLUX.1): the texts from the slider file, every row
+    measured from its own image, the slider moving the scores; with --fused the same report up to float
+    rounding of the images."""
+    family, model, slider = family_slider
+    plain = _clip_eval(slider, tiny_clip, tmp_path / "plain", "--save_images")
+    settings = plain["settings"]
+    assert settings["base_model"] == model and settings["measurer"] == "clip" and settings["fused"] is False
+    assert (settings["measurer_settings"]["positive"], settings["measurer_settings"]["negative"]) == CLIP_TEXTS
+    assert settings["measurer_settings"]["texts_from"] == "slider file" and settings["target"] == "clip_direction"
+    assert [row["multipliers"] for row in plain["rows"]] == [[-1.0], [0.0], [1.0]]
+    (figures,) = plain["quality"]["sliders"]
+    assert figures["pairs"] == 1 and figures["range_kind"] == "text pair" and isinstance(figures["range"], float)
+    measurer = get_measurer("clip", {"model": str(tiny_clip), "positive": CLIP_TEXTS[0], "negative": CLIP_TEXTS[1],
+                                     "lpips": "off"})
+    assert len(list((tmp_path / "plain" / "images").glob("*.png"))) == 3
+    for row in plain["rows"]:
+        values = measurer(Image.open(tmp_path / "plain" / "images" / f"p0_s0_strong{row['multipliers'][0]:+g}.png"))
+        for key in ("clip_positive", "clip_negative", "clip_direction"):
+            assert row["values"][key] == pytest.approx(values[key], abs=1e-3), (family, key)
+    directions = [row["values"]["clip_direction"] for row in plain["rows"]]
+    assert len({round(d, 4) for d in directions}) == 3, directions  # each scale is its own image and score
+    assert plain["rows"][1]["structure"]["clip_image_distance"] == pytest.approx(0.0, abs=1e-5)  # the reference
+
+    fused = _clip_eval(slider, tiny_clip, tmp_path / "fused", "--fused")
+    assert fused["settings"]["fused"] is True
+    assert "fused into the weights" in (tmp_path / "fused" / "report.md").read_text()
+    for a, b in zip(plain["rows"], fused["rows"]):
+        assert a["multipliers"] == b["multipliers"]
+        for key in ("clip_positive", "clip_negative", "clip_direction"):
+            assert a["values"][key] == pytest.approx(b["values"][key], abs=0.05), (family, key)
+        assert a["structure"]["clip_image_distance"] == pytest.approx(b["structure"]["clip_image_distance"], abs=1e-3)
+
+
+def test_eval_with_clip_split_over_two_processes_is_the_report_of_one(shapes_sliders, tiny_clip, tmp_path):
+    """`accelerate launch` with two CPU processes: each makes half the images, each measures them all with its
+    own CLIP, and the main process writes the report a single process writes, figure for figure."""
+
+    from test_distributed import eval_alone_and_split
+
+    common = ["--slider", str(shapes_sliders[0]), "--scales=-1,0,1", "--prompt", "a medium red circle",
+              "--seeds", "0-1", "--steps", "2", "--baseline_replace", "medium=large", "--measurer", "clip",
+              "--measurer_arg", f"model={tiny_clip}", "--measurer_arg", "lpips=off", "--device", "cpu"]
+    one, two = eval_alone_and_split(common, tmp_path)
+    assert one["settings"]["measurer"] == "clip" and len(one["rows"]) == 2 * 3 + 2
+    assert one["quality"]["sliders"][0]["pairs"] == 2 and one["quality"]["baseline"]["n"] == 2
+    assert one == two  # every image's CLIP scores, every figure
 
 
 def test_eval_without_a_slider_is_one_line(tmp_path, capsys):

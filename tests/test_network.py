@@ -372,7 +372,7 @@ def test_save_leaves_no_partial_file(unet, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("sliders.network.save_file", broken)
+    monkeypatch.setattr("sliders.slider_files.save_file", broken)
     with pytest.raises(OSError):
         network.save(target)
     assert target.read_bytes() == b"earlier good file"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sliders import trainer
+from sliders import checkpoints, trainer
 from sliders.cli import sample_main, train_images_main, train_main
 from sliders.network import SliderNetwork, read_slider_file
 from sliders.objectives import TextObjective
@@ -390,7 +390,7 @@ def test_writable_check_leaves_nothing_behind(tmp_path):
 def test_a_failed_final_save_keeps_the_slider_elsewhere_and_says_where(tmp_path, monkeypatch, capsys):
     config = _config(tmp_path)
     original = SliderNetwork.save
-    monkeypatch.setattr(trainer.tempfile, "gettempdir", lambda: str(tmp_path / "fallback"))
+    monkeypatch.setattr(checkpoints.tempfile, "gettempdir", lambda: str(tmp_path / "fallback"))
     (tmp_path / "fallback").mkdir()
 
     def save(self, path, *args, **kwargs):
@@ -413,21 +413,21 @@ FULL_DISK = "Error while serializing: I/O error: No space left on device (os err
 def test_safetensors_own_full_disk_error_keeps_the_slider_elsewhere(tmp_path, monkeypatch, capsys, which):
     """safetensors reports a full disk as its SafetensorError (not an OSError): the final slider and a
     step checkpoint still go to the fallback folder, and the one line says where (exit 1)."""
-    import sliders.network
+    import sliders.slider_files
     from safetensors import SafetensorError
 
     config = _config(tmp_path)
     fallback = tmp_path / "fallback"
     fallback.mkdir()
-    monkeypatch.setattr(trainer.tempfile, "gettempdir", lambda: str(fallback))
-    original = sliders.network.save_file
+    monkeypatch.setattr(checkpoints.tempfile, "gettempdir", lambda: str(fallback))
+    original = sliders.slider_files.save_file
 
     def save_file(tensors, filename, metadata=None):
         if Path(filename).name.startswith(f".size{which}."):  # the temporary file of that slider
             raise SafetensorError(FULL_DISK)
         return original(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(sliders.network, "save_file", save_file)
+    monkeypatch.setattr(sliders.slider_files, "save_file", save_file)
     assert train_main(["--config", str(config), "--device", "cpu"]) == 1
     line = _last_line(capsys)
     (kept,) = fallback.glob(f"size{which}-*.safetensors")
@@ -467,10 +467,10 @@ def _can_mount_a_small_disk(folder) -> bool:
 FULL_DISK_DRIVER = """
 import os, sys
 from pathlib import Path
-from sliders import trainer
+from sliders import checkpoints
 from sliders.cli import train_main
 
-original = trainer._Checkpoints.save_last
+original = checkpoints.Checkpoints.save_last
 
 
 def fill_the_disk_then_save(self, step):
@@ -486,7 +486,7 @@ def fill_the_disk_then_save(self, step):
     return original(self, step)
 
 
-trainer._Checkpoints.save_last = fill_the_disk_then_save
+checkpoints.Checkpoints.save_last = fill_the_disk_then_save
 sys.exit(train_main(sys.argv[1:]))
 """
 

@@ -12,13 +12,8 @@ from sliders.models import encode_prompts, make_scheduler, vae_factor
 from sliders.network import SliderNetwork
 from sliders.objectives import Term, TextObjective
 from sliders.prompts import make_entry
-from sliders.trainer import (
-    Setup,
-    make_lr_scheduler,
-    make_optimizer,
-    parse_optimizer_args,
-    train_loop,
-)
+from sliders.optim import make_lr_scheduler, make_optimizer, parse_optimizer_args
+from sliders.trainer import Setup, train_loop
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

@@ -25,7 +25,8 @@ from ..editing import (GRID_NAME, Edited, EditImage, check_edit_settings, check_
                        edit_name)
 from ..errors import InputError, OutputError
 from ..models import time_ids
-from ..sampling import Sample, SliderSpec, kept_on_interrupt, loaded, owned_output, plan_run, write_kept
+from ..sampling import (Sample, SliderSpec, base_options_record, kept_on_interrupt, loaded, owned_output, plan_run,
+                        write_kept)
 from ..shapes.world import SCENE_STYLES, SIZE_WORDS, render_dataset, styled
 from .measurers import Measurer, is_reference, measure_samples, measurer_name, pair_key
 from .report import jsonable, summarise, write_report
@@ -120,6 +121,8 @@ def run_edit_evaluation(
     resolution: int | None = None,
     negative_prompt: str = "",
     images: bool = False,
+    transformer: str | Path | None = None,
+    quantize: str = "none",
 ) -> dict[str, Path]:
     """Validate everything, load the base model and sliders once, edit `scenes` rendered scenes at
     every scale (each inverted once with its caption as the prompt) and write the report
@@ -137,7 +140,7 @@ def run_edit_evaluation(
     plan = plan_run(
         as_specs(specs), scales, [""], (0,), output=output, start_noise=start_noise, steps=steps,
         guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
-        resolution=resolution, negative_prompt=negative_prompt,
+        resolution=resolution, negative_prompt=negative_prompt, transformer=transformer, quantize=quantize,
     )
     check_family_edit(plan, method)
     for spec, spec_scales in zip(plan.specs, plan.scale_lists):
@@ -202,8 +205,8 @@ def run_edit_evaluation(
             "reference": "the scale-0 edit of each scene",
             "start_noise": plan.start_noise, "steps": plan.steps, "guidance_scale": plan.guidance_scale,
             "height": plan.resolution, "width": plan.resolution, "negative_prompt": plan.negative_prompt,
-            "fused": False, "base_model": plan.model, "precision": plan.precision, "device": str(plan.device),
-            "resolution": plan.resolution,
+            "fused": False, "base_model": plan.model, **base_options_record(plan), "precision": plan.precision,
+            "device": str(plan.device), "resolution": plan.resolution,
         },
         **summary,
         "reconstruction": reconstruction_figures(results, measurer_instance, target),

@@ -32,6 +32,8 @@ from ..sampling import (
     SliderSpec,
     check_prompts,
     check_scales,
+    base_options_record,
+    check_fused,
     check_seeds,
     generate,
     image_name,
@@ -420,14 +422,17 @@ def run_evaluation(
     negative_prompt: str = "",
     images: bool = False,
     fused: bool = False,
+    transformer: str | Path | None = None,
+    quantize: str = "none",
 ) -> dict[str, Path]:
     """Validate everything, load the base model and sliders once, evaluate and write the report.
 
     Arguments map 1:1 to `sliders-eval` flags (`--slider` gives `specs`, `--save_images` `images`;
     `--prompts_file` goes through `read_prompt_lines`, `--seeds` may be text for `parse_seeds`).
-    The base model and resolution default to those recorded in the first slider's metadata.
-    Returns the paths written: json, markdown, plot, and with `images` also images (the folder),
-    grid and, with a baseline, baseline_grid.
+    The base model and resolution default to those recorded in the first slider's metadata; on
+    FLUX.1, `transformer` and `quantize` are `sampling.plan_run`'s. Returns the paths written: json,
+    markdown, plot, and with `images` also images (the folder), grid and, with a baseline,
+    baseline_grid.
     """
     # Everything the user gave is checked before any model is loaded.
     registered, target = check_measurer(measurer, target)
@@ -436,7 +441,9 @@ def run_evaluation(
         specs, scales, prompts, parse_seeds(seeds) if isinstance(seeds, str) else seeds, output=output,
         start_noise=start_noise, steps=steps, guidance_scale=guidance_scale, pretrained_model=pretrained_model,
         device=device, precision=precision, resolution=resolution, negative_prompt=negative_prompt,
+        transformer=transformer, quantize=quantize,
     )
+    check_fused(fused, plan)
     if baseline_prompts is not None and baseline_replace is not None:
         raise InputError("both baseline prompts and --baseline_replace given; use one way to make the edited prompts")
     if baseline_replace is not None:
@@ -487,8 +494,8 @@ def run_evaluation(
             )
 
     report["settings"].update(
-        {"base_model": plan.model, "precision": plan.precision, "device": str(plan.device),
-         "resolution": plan.resolution}
+        {"base_model": plan.model, **base_options_record(plan), "precision": plan.precision,
+         "device": str(plan.device), "resolution": plan.resolution}
     )
     if not processes.is_main:  # the main process writes the one report
         return {"json": output / REPORT_JSON, "markdown": output / REPORT_MD, "plot": output / REPORT_PLOT}

@@ -6,7 +6,7 @@ tensor names; prompt encoding and added conditioning; how UIs name its layers in
 the defaults its users expect (resolution, start_noise, guidance). The schedule and prediction type
 (epsilon, v, zero terminal SNR) come from the model's own scheduler config, read by
 `sliders.models`. The layer sets of the network types and training methods are the same function
-of module paths for every UNet family (`sliders.network`). Trainer, objectives, sampling, editing,
+of module paths for every UNet family (`sliders.targets`). Trainer, objectives, sampling, editing,
 evaluation, previews, convert and export ask the family instead of assuming SDXL.
 
 Families here: `sdxl` (SDXL and its fine-tunes, v-prediction and few-step ones included), `sd1`,

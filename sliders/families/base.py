@@ -79,8 +79,8 @@ class Family:
         return predict_noise(model, latents, timestep, cond)
 
     def target_modules(self, model, network_type: str, training_method: str):
-        """The (dotted name, layer) pairs a network type and training method wrap (`sliders.network`)."""
-        from ..network import select_targets
+        """The (dotted name, layer) pairs a network type and training method wrap (`sliders.targets`)."""
+        from ..targets import select_targets
 
         return select_targets(model, network_type, training_method)
 
