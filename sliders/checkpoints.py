@@ -16,6 +16,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,13 +26,17 @@ from .network import SliderNetwork
 from .optim import make_lr_scheduler, make_optimizer
 from .runs import ResumePoint, checkpoint_path, read_state, state_paths, write_state
 
+if TYPE_CHECKING:
+    from .objectives import Objective
+
 logger = logging.getLogger(__name__)
 
 
 class Checkpoints:
     """Step checkpoints with their training state, the final slider, and what is kept when a step fails."""
 
-    def __init__(self, config: Config, folder: Path, metadata, network, optimizer, lr_scheduler, rng, generator, objective):
+    def __init__(self, config: Config, folder: Path, metadata, network, optimizer, lr_scheduler, rng, generator,
+                 objective: Objective):
         self.config, self.folder, self.metadata = config, folder, metadata
         self.network, self.optimizer, self.lr_scheduler = network, optimizer, lr_scheduler
         self.rng, self.generator, self.objective = rng, generator, objective
@@ -50,9 +55,9 @@ class Checkpoints:
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             parts["torch_cuda"] = torch.cuda.get_rng_state_all()
-        state_dict = getattr(self.objective, "state_dict", None)
-        if state_dict is not None:
-            parts["objective"] = state_dict()
+        state = self.objective.state_dict()
+        if state:  # an objective with no state of its own adds no entry
+            parts["objective"] = state
         return parts
 
     def save(self, step: int) -> Path:
@@ -85,9 +90,8 @@ class Checkpoints:
         torch.set_rng_state(parts["torch_global"])
         if "torch_cuda" in parts and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(list(parts["torch_cuda"]))
-        load = getattr(self.objective, "load_state_dict", None)
-        if load is not None and "objective" in parts:
-            load(parts["objective"])
+        if "objective" in parts:
+            self.objective.load_state_dict(parts["objective"])
         self.latest, self.latest_step = point.checkpoint, point.step
         return point.step
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import signal
 import sys
@@ -168,21 +167,6 @@ def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
             signal.signal(signal.SIGTERM, previous)
 
 
-def parse_floats(text: str, what: str) -> list[float]:
-    """'0.67, 1,1.3' -> [0.67, 1.0, 1.3]; empty or non-numeric parts are an InputError."""
-    values = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            value = float(part)
-        except ValueError:
-            raise InputError(f"{what} has {part!r}, which is not a number; write numbers separated by commas") from None
-        if not math.isfinite(value):
-            raise InputError(f"{what} has {part!r}; every value must be finite")
-        values.append(value)
-    return values
-
-
 def parse_names(text: str, what: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
@@ -276,6 +260,7 @@ def _train_images(argv: Sequence[str] | None) -> int:
     from .data import scan_pairs
     from .models import parse_device
     from .distributed import start as start_processes
+    from .parsing import parse_scales
     from .trainer import check_resolutions, check_training_inputs, image_prompts_record, open_run, train_image_slider
 
     overrides = _overrides(args)
@@ -283,7 +268,7 @@ def _train_images(argv: Sequence[str] | None) -> int:
     if args.folders is not None:
         overrides["data.folders"] = parse_names(args.folders, "--folders")
     if args.scales is not None:
-        overrides["data.scales"] = parse_floats(args.scales, "--scales")
+        overrides["data.scales"] = list(parse_scales(args.scales))
     overrides["data.captions"] = args.captions
     overrides["data.timestep_range"] = args.timestep_range
     overrides["train.pair_difference"] = args.pair_difference
@@ -394,27 +379,24 @@ def _generation_kwargs(args: argparse.Namespace) -> dict:
 
 
 def _sample(argv: Sequence[str] | None) -> int:
+    from .config import SAMPLE_STEPS
+
     parser = _Parser(prog="sliders-sample", description="Images at several slider strengths from the same seed.")
-    _generation_flags(parser, steps=50, output="samples")
+    _generation_flags(parser, steps=SAMPLE_STEPS, output="samples")
     parser.add_argument("--scales", default="-2,0,2", help="scales for sliders without their own (default -2,0,2)")
     parser.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
-    parser.add_argument("--seeds", default="0", help="seeds, comma separated (default 0)")
+    parser.add_argument("--seeds", default="0", help="seeds: ranges and lists, e.g. 0-3 or 0,5,9 (default 0)")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
-    from .sampling import parse_scales, parse_slider_arg, run_sampling
+    from .parsing import parse_scales, parse_seeds, parse_slider_arg
+    from .sampling import run_sampling
 
-    seeds = []
-    for part in args.seeds.split(","):
-        try:
-            seeds.append(int(part.strip()))
-        except ValueError:
-            raise InputError(f"--seeds has {part.strip()!r}, which is not a whole number; write e.g. --seeds 0,1") from None
     images, grid = run_sampling(
         [parse_slider_arg(text) for text in args.slider],
         parse_scales(args.scales),
         args.prompt,
-        seeds,
+        parse_seeds(args.seeds),
         **_generation_kwargs(args),
     )
     print(f"wrote {len(images)} images and {grid}")
@@ -422,10 +404,10 @@ def _sample(argv: Sequence[str] | None) -> int:
 
 
 def _eval(argv: Sequence[str] | None) -> int:
-    from .config import DEFAULT_INVERSION, INVERSIONS, NULL_TEXT_ITERATIONS
+    from .config import DEFAULT_INVERSION, EVAL_STEPS, INVERSIONS, NULL_TEXT_ITERATIONS
 
     parser = _Parser(prog="sliders-eval", description="Measure sliders: attribute per scale, preservation, baseline.")
-    _generation_flags(parser, steps=25, output="evaluation", start_noise=None, slider_required=False)
+    _generation_flags(parser, steps=EVAL_STEPS, output="evaluation", start_noise=None, slider_required=False)
     parser.add_argument("--scales", default="-2,-1,0,1,2", help="scales for sliders without their own")
     parser.add_argument("--prompt", action="append", help="prompt (repeatable)")
     parser.add_argument("--prompts_file", help="text file, one prompt per line")
@@ -563,7 +545,7 @@ def _edit(argv: Sequence[str] | None) -> int:
     _setup_logging(args.verbose)
 
     from .editing import run_editing
-    from .sampling import parse_scales, parse_slider_arg
+    from .parsing import parse_scales, parse_slider_arg
 
     run = run_editing(
         args.image,
@@ -649,7 +631,8 @@ def _export(argv: Sequence[str] | None) -> int:
     parser.add_argument("--ui", required=True,
                         help="comfyui (writes a workflow JSON), a1111, forge or diffusers (print); FLUX: not a1111")
     parser.add_argument("--scale", type=float, help="slider strength once on (default: the largest recorded scale)")
-    parser.add_argument("--start_noise", type=float, help="slider off while the timestep is above this (default: recorded, else 750)")
+    parser.add_argument("--start_noise", type=float,
+                        help="slider off while the timestep is above this (default: recorded, else its family's)")
     parser.add_argument("--steps", type=int, default=30,
                         help="sampling steps the workflow, syntax or snippet is made for (default 30)")
     parser.add_argument("--prompt", default="a photo of a person", help="prompt in the workflow or snippet")

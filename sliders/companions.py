@@ -26,7 +26,7 @@ from .slider_files import read_slider_file
 
 def parse_companion(text: str) -> tuple[Path, tuple[float, ...]]:
     """'roundness.safetensors' (at scale 1) or 'roundness.safetensors:0,1,2' (one of them each step)."""
-    from .sampling import parse_slider_arg
+    from .parsing import parse_slider_arg
 
     spec = parse_slider_arg(text)
     return spec.path, spec.scales if spec.scales is not None else (1.0,)

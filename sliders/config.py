@@ -62,12 +62,20 @@ MAX_RESOLUTION = 4096  # beyond this a step needs more memory than any GPU has
 MAX_FOLDERS_PER_STEP = 64  # each folder of a step is one slider forward and backward
 MAX_GUIDANCE = 100  # classifier-free guidance of 5 to 7.5 is usual; far beyond it an image is only noise
 MAX_PREVIEW_IMAGES = 256  # prompts x seeds x scales of one preview grid, made every `sample.every` steps
+MAX_SCALE = 100  # a slider far beyond its trained range (about -2 to 2) gives only noise; 1e30 a black image
 MAX_NAME_LENGTH = 200
 UNSAFE_NAME_CHARACTERS = '/\\:*?"<>|'
 XK_SPACINGS = ("late", "even")
 # What `train.fast` sets `train.xk_max_steps` to where the config leaves it unset (EVALUATION.md: at most
 # 12 UNet samples per step instead of 54 on average; across three seeds the most predictable option).
 FAST_XK_MAX_STEPS = 4
+# The paper's SDEdit-style switch: sliders off while the timestep is above this (of MAX_TIMESTEPS). What
+# previews, `generate` and a slider file's record use where nothing else is given (a family may
+# recommend another: `sliders.families`, `Defaults.start_noise`).
+DEFAULT_START_NOISE = 750
+# Denoising steps of sliders-sample and sliders-eval (sliders-edit's are EDIT_STEPS below).
+SAMPLE_STEPS = 50
+EVAL_STEPS = 25
 # sliders-edit: how real images are inverted (sliders.editing), and its defaults (the official
 # notebook's: switch at 500, 50 DDIM steps, guidance 7.5, 10 null-text iterations per step).
 INVERSIONS = ("direct", "null-text", "negative-prompt", "ddim", "guarded")
@@ -124,7 +132,7 @@ class TrainConfig:
     seed: int = 0
     bidirectional: bool = False
     fused_denoising: bool = False
-    # Fast text-slider options (README "Fast text sliders"); the defaults are the faithful path.
+    # Fast text-slider options (docs/training.md, "Fast text sliders"); the defaults are the faithful path.
     fast: bool = False  # the recommended option: xk_max_steps FAST_XK_MAX_STEPS (late spacing)
     xk_max_steps: int | None = None  # reach x_k in at most this many UNet calls (DDIM jumps)
     xk_spacing: str = "late"  # those jumps shorten towards x_k ("late") or are equal ("even")
@@ -135,11 +143,11 @@ class TrainConfig:
     flow_steps: int | None = None  # partial-denoising schedule length; None: the family's sampling steps (30)
     flow_guidance: float | None = None  # guidance embedding when training; None: the family's sampling value (3.5)
     flow_target_rescale: bool = False  # rescale the target to the positive prediction's norm (official code)
-    # Image sliders: weight of a term on the difference of two folders' predictions (README "Image
-    # sliders"); 0 is the paper's loss.
+    # Image sliders: weight of a term on the difference of two folders' predictions
+    # (docs/image-sliders.md); 0 is the paper's loss.
     pair_difference: float = 0.0
     # Other sliders present while this one trains, each 'file' (scale 1) or 'file:0,1,2' (one scale drawn
-    # per step; README "Composing sliders"); empty: the base model alone, as the paper.
+    # per step; docs/training.md, "Composing sliders"); empty: the base model alone, as the paper.
     with_sliders: tuple[str, ...] = ()
 
 
@@ -175,7 +183,7 @@ class DataConfig:
     folders_per_step: int | None = None
     cache_latents: bool = True
     captions: bool = False  # read folder_main/<stem>.txt and condition each pair on it
-    # Draw the training step only where its timestep lies in [low, high] (README "Image sliders");
+    # Draw the training step only where its timestep lies in [low, high] (docs/image-sliders.md);
     # None: the whole schedule, as the paper.
     timestep_range: tuple[int, int] | None = None
 
@@ -196,7 +204,7 @@ class SampleConfig:
     scales: tuple[float, ...] = (-2.0, 0.0, 2.0)
     steps: int | None = None
     guidance_scale: float | None = None
-    start_noise: float = 750.0
+    start_noise: float = float(DEFAULT_START_NOISE)
     resolution: int | None = None  # None: the training resolution
 
 
@@ -453,9 +461,6 @@ def _check(config: Config) -> Config:
     )
 
 
-MAX_PREVIEW_SCALE = 100  # as for sliders-sample: far beyond the trained range is only noise
-
-
 def _check_reuse(train: TrainConfig) -> None:
     """`train.trajectory_reuse`: one trajectory serves at most the run's steps (and MAX_TRAJECTORY_REUSE)."""
     limit = min(train.iterations, MAX_TRAJECTORY_REUSE)
@@ -464,7 +469,7 @@ def _check_reuse(train: TrainConfig) -> None:
                if limit == train.iterations else
                "each queued start point keeps its latents in memory and in every checkpoint's training state")
         raise InputError(f"config key 'train.trajectory_reuse' must be at most {limit}, got {train.trajectory_reuse}: "
-                         f"{why}; lower it (12 is the benchmarked value, README \"Fast text sliders\")")
+                         f"{why}; lower it (12 is the benchmarked value, docs/training.md \"Fast text sliders\")")
 
 
 def _check_data(data: DataConfig) -> None:
@@ -482,9 +487,9 @@ def _check_data(data: DataConfig) -> None:
             raise InputError(f"config key 'data.timestep_range' must be two whole timesteps low < high from 0 to "
                              f"{MAX_TIMESTEPS - 1}, got {list(bounds)}; e.g. [200, 999], or remove it for the whole schedule")
     for scale in data.scales:
-        if abs(scale) > MAX_PREVIEW_SCALE:
-            raise InputError(f"config key 'data.scales' has {scale:g}; use scales from -{MAX_PREVIEW_SCALE} to "
-                             f"{MAX_PREVIEW_SCALE} (image sliders train at about -2 to 2, e.g. -1,1 or 0.67,1,1.3,2)")
+        if abs(scale) > MAX_SCALE:
+            raise InputError(f"config key 'data.scales' has {scale:g}; use scales from -{MAX_SCALE} to "
+                             f"{MAX_SCALE} (image sliders train at about -2 to 2, e.g. -1,1 or 0.67,1,1.3,2)")
 
 
 def _check_sample(sample: SampleConfig) -> None:
@@ -501,9 +506,9 @@ def _check_sample(sample: SampleConfig) -> None:
     if not sample.scales:
         raise InputError("config key 'sample.scales' is empty; give at least one scale, e.g. [-2, 0, 2]")
     for scale in sample.scales:
-        if abs(scale) > MAX_PREVIEW_SCALE:
-            raise InputError(f"config key 'sample.scales' has {scale:g}; slider scales from -{MAX_PREVIEW_SCALE} to "
-                             f"{MAX_PREVIEW_SCALE} are meaningful (sliders are trained at about -2 to 2)")
+        if abs(scale) > MAX_SCALE:
+            raise InputError(f"config key 'sample.scales' has {scale:g}; slider scales from -{MAX_SCALE} to "
+                             f"{MAX_SCALE} are meaningful (sliders are trained at about -2 to 2)")
     if len({f"{s:+g}" for s in sample.scales}) != len(sample.scales):
         raise InputError(f"config key 'sample.scales' {list(sample.scales)} repeats a scale; give each scale once")
     if sample.steps is not None and not 1 <= sample.steps <= MAX_TIMESTEPS:

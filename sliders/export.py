@@ -5,7 +5,7 @@ and the official `.pt` sliders) as `.safetensors` in the `kohya`, `diffusers` or
 It needs no base weights: the UNet's layer names come from its config, built on the meta device.
 
 The exports reproduce `sliders-sample`'s switch (a step runs with the slider on when its timestep is
-at or below `start_noise`, `sampling.multipliers_at`) in each UI's own terms, for the UI's own timesteps:
+at or below `start_noise`, `generation.multipliers_at`) in each UI's own terms, for the UI's own timesteps:
 
 - ComfyUI: a workflow in ComfyUI's API format that applies the slider as a hook LoRA whose keyframes
   hold strength 0 until `comfyui_start_percent(start_noise)`, then 1 (the slider's scale). Node and
@@ -41,12 +41,13 @@ from .errors import InputError
 from .families import FLUX, SDXL, family_of_slider, family_of_source
 from .formats import NAMING_LABELS, SDXL_BASE_UNET_CONFIG, check_key_format, is_flux_file, parse_tensors
 from .network import load_slider
-from .slider_files import DEFAULT_SCALES, read_slider_file
+from .parsing import check_multiple, check_start_noise, check_steps, recorded_resolution
+from .slider_files import DEFAULT_SCALES, read_slider_file, recorded_start_noise
 
 logger = logging.getLogger(__name__)
 
 UIS = ("comfyui", "a1111", "diffusers", "forge")
-# The namings AUTOMATIC1111, Forge and ComfyUI map completely (README, "Key formats"); a PEFT file loses
+# The namings AUTOMATIC1111, Forge and ComfyUI map completely (docs/exports.md, "Key formats"); a PEFT file loses
 # every attention layer in ComfyUI and Forge and loads nothing in AUTOMATIC1111.
 UI_NAMINGS = ("kohya", "diffusers")
 
@@ -127,7 +128,7 @@ def meta_unet(config: Mapping[str, Any]):
 def read_checked_slider(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a slider file, refused as `sliders-sample` refuses it: unreadable, no
     UNet LoRA layers, a layer without its down or up weight, or NaN/infinite weights."""
-    from .sampling import check_slider_file
+    from .planning import check_slider_file
 
     path = Path(path)
     tensors, metadata = read_slider_file(path)
@@ -241,14 +242,7 @@ def recommended(metadata: Mapping[str, str], start_noise: float | None, scale: f
 
     The recorded scale is the largest of `sliders_scales` (the strongest "more of the concept").
     """
-    if start_noise is None:
-        text = metadata.get("sliders_start_noise", str((family_of_slider(metadata) or SDXL).defaults.start_noise))
-        try:
-            start_noise = float(text)
-        except ValueError:
-            raise InputError(f"the slider's sliders_start_noise {text!r} is not a number; pass --start_noise") from None
-    if not math.isfinite(start_noise) or not 0 <= start_noise <= MAX_TIMESTEPS:
-        raise InputError(f"--start_noise must be from 0 to {MAX_TIMESTEPS}, got {start_noise!r}")
+    start_noise = check_start_noise(recorded_start_noise(metadata) if start_noise is None else start_noise)
     if scale is None:
         try:
             scales = [float(s) for s in json.loads(metadata.get("sliders_scales", "null") or "null") or DEFAULT_SCALES]
@@ -263,22 +257,13 @@ def recommended(metadata: Mapping[str, str], start_noise: float | None, scale: f
 def resolution_for(metadata: Mapping[str, str], path: Path, resolution: int | None) -> int:
     """The image size of a workflow or snippet: `resolution`, else the slider's training resolution, else
     `sliders-sample`'s default."""
-    from .sampling import DEFAULT_RESOLUTION, _check_multiple, _metadata_resolution
-
     if resolution is None:
-        recorded = _metadata_resolution(dict(metadata), path)
-        family = family_of_slider(metadata)
-        default = DEFAULT_RESOLUTION if family is None else family.defaults.sample_resolution
+        recorded = recorded_resolution(dict(metadata), path)
+        default = (family_of_slider(metadata) or SDXL).defaults.sample_resolution
         resolution = default if recorded is None else recorded
     # FLUX packs 2x2 latent cells of 8 px into a token.
-    _check_multiple(resolution, 16 if family_of_slider(metadata) is FLUX else 8, "--resolution")
+    check_multiple(resolution, 16 if family_of_slider(metadata) is FLUX else 8, "--resolution")
     return resolution
-
-
-def check_steps(steps: Any) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"--steps must be a whole number of at least 1, got {steps!r}")
-    return steps
 
 
 # ---------------------------------------------------------------- SDXL's timesteps in the UIs
@@ -886,7 +871,7 @@ def diffusers_snippet(
     timestep is at or below `start_noise` (FLUX: a FluxPipeline script, the timestep being sigma * 1000).
     A built-in model name becomes its local folder; the
     device and dtype are chosen where the snippet runs. Its starting noise is drawn as
-    `sampling.initial_latents` draws it, so it gives `sliders-sample`'s image.
+    `generation.initial_latents` draws it, so it gives `sliders-sample`'s image.
     """
     from .models import resolve_model
 

@@ -4,7 +4,7 @@ Holds the layout (a fixed row-label width, column labels wrapped into a band as 
 needs), the font and its word wrap, `draw_grid`, which lays out any table of images, and `make_grid`,
 which lays out generated samples the way `sliders-sample`, `sliders-eval` and the training previews
 show them, optionally after a first column of given images (the inputs of an edit). It does not
-generate images and does not write files (see `sampling`).
+generate images and does not write files (see `outputs`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .sampling import Sample
+    from .generation import Sample
 
 # Layout, in pixels. The row-label band has a fixed width so a grid's size depends only on the image
 # size, the number of cells and how many lines the column labels wrap to.

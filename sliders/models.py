@@ -1,9 +1,11 @@
 """Model plumbing: load a model of any family, encode prompts, build conditioning, predict noise, denoise.
 
-This is the only module that calls `from_pretrained`/`from_single_file`; which pipeline class and
-which text encoders a model has is its family's (`sliders.families`). Every dimension (latent
-channels, VAE factor, time-embedding sizes, projection dims) is read from the model's configs, so
-the built-in tiny model and real SDXL run through exactly the same code. No slider logic here.
+This is the only module that calls `from_pretrained`/`from_single_file`, and `load_pipeline` the
+one door every command's base model comes through: `injected_loader` puts another loader behind it
+(the tests' tiny model, or a loader that refuses). Which pipeline class and which text encoders a
+model has is its family's (`sliders.families`). Every dimension (latent channels, VAE factor,
+time-embedding sizes, projection dims) is read from the model's configs, so the built-in tiny
+model and real SDXL run through exactly the same code. No slider logic here.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import inspect
 import logging
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from diffusers import (
@@ -96,17 +99,42 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+# The loader standing in for `load_pipeline` inside an `injected_loader` block; None loads for real.
+_injected_loader: Callable[..., Any] | None = None
+
+
+@contextmanager
+def injected_loader(loader: Callable[..., Any] | None) -> Iterator[None]:
+    """Within the block every `load_pipeline` call (training, sampling, editing and evaluation load
+    their base model through it) returns `loader(name_or_path, dtype, device, family=..., v2=...,
+    transformer=...)` instead: how tests put the tiny model, a recorder or a loader that refuses in
+    the model's place, in one place for every command. `loader` may itself call `load_pipeline` for
+    the real load (the injection is off while it runs). None loads for real; on exit the loader in
+    place before the block is back."""
+    global _injected_loader
+    previous, _injected_loader = _injected_loader, loader
+    try:
+        yield
+    finally:
+        _injected_loader = previous
+
+
 def load_pipeline(
     name_or_path: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", *,
     family: str | None = None, v2: bool = False, transformer: str | None = None,
 ):
     """A pipeline from a diffusers folder, a hub id, or one `.safetensors`/`.ckpt` file, of the family
     `family` names, else the one its files show (`sliders.families.family_of_source`; the official `v2`
-    flag means SD 2.x). A model of no supported family is one line.
+    flag means SD 2.x). A model of no supported family is one line. Inside an `injected_loader` block,
+    whatever that loader returns.
 
     `transformer` (FLUX.1 only): a single-file transformer in BFL's naming (`flux1-dev.safetensors`)
     that replaces the folder's or hub id's; everything else, its config included, comes from there."""
-    from .families import FLUX, family_named, family_of_pipe, family_of_source
+    if _injected_loader is not None:
+        loader = _injected_loader
+        with injected_loader(None):
+            return loader(name_or_path, dtype, device, family=family, v2=v2, transformer=transformer)
+    from .families import FLUX, family_of_pipe, family_of_source
 
     source = resolve_model(name_or_path)
     path = Path(source).expanduser()

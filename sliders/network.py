@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .config import DEFAULT_START_NOISE
 from .errors import InputError
 from .families import FLUX, detect_family
 from .families.flux import kohya_tensors as flux_kohya_tensors
@@ -33,7 +34,7 @@ from .formats import (
 )
 from .lora import PREFIX, LoRAModule, lora_name
 from .models import DTYPES
-from .slider_files import DEFAULT_SCALES, DEFAULT_START_NOISE, read_slider_file, unfuse_flux, write_slider_file
+from .slider_files import DEFAULT_SCALES, read_slider_file, unfuse_flux, write_slider_file
 from .targets import select_targets
 
 logger = logging.getLogger(__name__)

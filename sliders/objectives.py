@@ -1,20 +1,25 @@
-"""The two slider objectives: what one training step asks the slider to predict.
+"""The slider objectives: what one training step asks the slider to predict.
 
-An objective's `step` returns a list of `Term`s (latents, timestep, conditioning, target and
-slider multiplier); the trainer runs the slider on each term and regresses it to the target. The
-text objective builds the guided noise-difference target of SPEC section 2; the image objective the
-paired-image, multi-scale target of SPEC section 3. No optimizer, checkpoint or progress bar here.
+`Objective` is everything the training loop and its checkpoints ask of one: its `step` returns a
+list of `Term`s (latents, timestep, conditioning, target and slider multiplier), which the trainer
+runs the slider on and regresses to their targets. The text objective builds the guided
+noise-difference target of SPEC section 2; the image objective the paired-image, multi-scale target
+of SPEC section 3; each has a flow-matching counterpart (FLUX). `OBJECTIVES` is the one table of
+them, keyed by (kind, flow matching); `make_objective` builds the one a run's config and family
+call for. No optimizer, checkpoint or progress bar here.
 """
 
 from __future__ import annotations
 
+import abc
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
+from .config import Config
 from .data import LatentSource, PairedFolders
 from .errors import InputError
 from .families import SDXL, Family
@@ -31,6 +36,9 @@ from .models import (
 from .network import SliderNetwork
 from .prompts import PromptEntry
 
+if TYPE_CHECKING:
+    from .stats import RunStats
+
 # The paper denoises the starting latents with the slider on at classifier-free guidance 3.
 DENOISE_GUIDANCE = 3.0
 
@@ -45,6 +53,69 @@ class Term:
     target: torch.Tensor  # (B, C, H/f, W/f), float32
     multiplier: float
     guidance: float | None = None  # the guidance embedding of a flow-matching family (FLUX-dev); None for UNets
+
+
+@dataclass(frozen=True)
+class ObjectiveInputs:
+    """What the trainer's set-up made that every objective is built from (`Objective.from_config`)."""
+
+    denoiser: torch.nn.Module  # the UNet, or a flow-matching family's transformer
+    scheduler: Any
+    network: SliderNetwork
+    embeddings: Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+    family: Family
+    factor: int  # pixels per latent cell (`models.vae_factor`)
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class ImagePairs:
+    """What an image slider trains on: its paired folders, their latents and its one prompt entry."""
+
+    pairs: PairedFolders
+    latents: LatentSource
+    entry: PromptEntry
+
+
+class Objective(abc.ABC):
+    """What the training loop (`sliders.trainer.train_loop`) and its checkpoints
+    (`sliders.checkpoints.Checkpoints`) ask of an objective; every objective subclasses it.
+
+    `step` draws one training point and returns its terms. `describe` is what the objective's options
+    change in what is learned (`stats.json`); `state_dict` what a resumed run needs beyond the random
+    states, which `load_state_dict` puts back: an objective with no state of its own keeps the
+    defaults ({} is saved as no entry at all). The loop sets `stats` to the run's `RunStats` before the
+    first step (None: phases are not timed). `from_config` builds a registered objective (`OBJECTIVES`).
+    """
+
+    stats: RunStats | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, inputs: ObjectiveInputs, data: Any) -> Objective:
+        """The objective a run of `config` trains on `data` (the prompt entries of a text slider, the
+        `ImagePairs` of an image slider); every class in `OBJECTIVES` defines it."""
+        raise NotImplementedError(f"{cls.__name__} is not built from a config; construct it directly")
+
+    @abc.abstractmethod
+    def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
+        """One training point's terms, drawn from `rng` and `generator` (which alone make it reproducible)."""
+
+    def describe(self) -> dict[str, object]:
+        """What the options change in what is learned, for stats.json; a fresh dict the caller may extend."""
+        return {}
+
+    def state_dict(self) -> dict[str, object]:
+        """What a resumed run needs to continue exactly, beyond the random states the loop keeps."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Put back what `state_dict` returned."""
+
+
+def flow_guidance(config: Config, family: Family) -> float:
+    """The guidance embedding the frozen and slider predictions are made at (FLUX-dev): `train.flow_guidance`,
+    else the family's sampling value, so the slider is trained where it is used."""
+    return config.train.flow_guidance if config.train.flow_guidance is not None else family.defaults.guidance_scale
 
 
 def guided_target(
@@ -131,7 +202,7 @@ class _StartPoint:
     made_at: int  # the step whose slider weights generated x_k
 
 
-class TextObjective:
+class TextObjective(Objective):
     """Prompt-pair sliders: the guided noise-difference loss of the paper (SPEC section 2).
 
     Faithful by default: every step draws its own entry, noise and `k` and denoises `k` steps with the
@@ -186,6 +257,15 @@ class TextObjective:
         self._queue: list[_StartPoint] = []
         self._steps = 0
         self.staleness: list[int] = []  # per step: how many optimizer steps old the x_k weights were
+
+    @classmethod
+    def from_config(cls, config: Config, inputs: ObjectiveInputs, data: Sequence[PromptEntry]) -> TextObjective:
+        train = config.train
+        return cls(data, inputs.embeddings, inputs.denoiser, inputs.scheduler, inputs.network,
+                   max_denoising_steps=train.max_denoising_steps, factor=inputs.factor, device=inputs.device,
+                   bidirectional=train.bidirectional, fused_denoising=train.fused_denoising,
+                   xk_max_steps=train.xk_max_steps, xk_spacing=train.xk_spacing,
+                   trajectory_reuse=train.trajectory_reuse, compile_unet=train.compile, family=inputs.family)
 
     def _phase(self, name: str):
         return self.stats.phase(name) if self.stats is not None else nullcontext()
@@ -285,7 +365,7 @@ class TextObjective:
         }
 
 
-class ImageObjective:
+class ImageObjective(Objective):
     """Image-pair sliders: denoise each folder's image with the slider at that folder's scale (SPEC section 3)."""
 
     def __init__(
@@ -320,8 +400,15 @@ class ImageObjective:
         self.step_choices = None if timestep_range is None else steps_in_range(
             scheduler, max_denoising_steps, timestep_range, device)
 
+    @classmethod
+    def from_config(cls, config: Config, inputs: ObjectiveInputs, data: ImagePairs) -> ImageObjective:
+        return cls(data.pairs, data.latents, data.entry, inputs.embeddings, inputs.scheduler,
+                   max_denoising_steps=config.train.max_denoising_steps, device=inputs.device,
+                   folders_per_step=config.data.folders_per_step, family=inputs.family,
+                   timestep_range=config.data.timestep_range)
+
     def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
-        chosen, stems, k, clean, noise = draw_pairs(self, rng, generator, self.total_steps)
+        chosen, stems, k, clean, noise = draw_pairs(self, rng, generator, self.total_steps, self.step_choices)
         first = clean[chosen[0]]
         self.scheduler.set_timesteps(self.total_steps, device=self.device)
         noising = self.scheduler.timesteps[k].repeat(first.shape[0])
@@ -357,15 +444,16 @@ def steps_in_range(scheduler, total_steps: int, bounds: tuple[int, int], device)
     return chosen
 
 
-def draw_pairs(objective, rng: random.Random, generator: torch.Generator, steps: int):
+def draw_pairs(objective, rng: random.Random, generator: torch.Generator, steps: int,
+               choices: Sequence[int] | None = None):
     """What an image-pair step draws, in this order: the folders to train, one stem per batch element,
-    the step `k` of a `steps`-step schedule, a fresh posterior sample of every chosen image (as the
-    official code draws; folders, then stems) and one noise shared by every chosen folder.
+    the step `k` of a `steps`-step schedule (one of `choices` when given), a fresh posterior sample of
+    every chosen image (as the official code draws; folders, then stems) and one noise shared by every
+    chosen folder.
     `objective` holds the pairs, latents, entry, folders_per_step and device. Returns
     (chosen, stems, k, {folder: clean latents (B, C, H/f, W/f)}, noise)."""
     chosen = choose_folders(objective.pairs.scales, rng, objective.folders_per_step)
     stems = [rng.randrange(len(objective.pairs.stems)) for _ in range(objective.entry.batch_size)]
-    choices = getattr(objective, "step_choices", None)
     k = draw_step(rng, steps) if choices is None else rng.choice(choices)
     device = objective.device
     clean = {i: torch.cat([objective.latents.get(i, s, generator) for s in stems]).to(device) for i in chosen}
@@ -400,7 +488,7 @@ def flow_target(base: torch.Tensor, positive: torch.Tensor, negative: torch.Tens
     return target
 
 
-class FlowTextObjective:
+class FlowTextObjective(Objective):
     """Prompt-pair sliders on a flow-matching transformer (FLUX), as the official flux-sliders code defines them.
 
     Each step: draw an entry and `k` in 1 .. N-1; denoise fresh noise `k` Euler steps of the pipeline's own
@@ -433,6 +521,14 @@ class FlowTextObjective:
         self.bidirectional = bidirectional
         self.stats = None
 
+    @classmethod
+    def from_config(cls, config: Config, inputs: ObjectiveInputs, data: Sequence[PromptEntry]) -> FlowTextObjective:
+        family = inputs.family
+        return cls(data, inputs.embeddings, inputs.denoiser, inputs.scheduler, inputs.network, family,
+                   steps=config.train.flow_steps or family.defaults.steps, factor=inputs.factor, device=inputs.device,
+                   guidance=flow_guidance(config, family), rescale=config.train.flow_target_rescale,
+                   bidirectional=config.train.bidirectional)
+
     def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
         from .families.flux import set_flow_schedule
 
@@ -463,7 +559,7 @@ class FlowTextObjective:
         return terms
 
 
-class FlowImageObjective:
+class FlowImageObjective(Objective):
     """Image-pair sliders on a flow-matching transformer: each chosen folder's latents noised to
     `x = (1 - sigma_k) x0 + sigma_k noise` (one noise shared by the folders, `k` drawn on the pipeline's
     N-step schedule), the slider at that folder's scale regressed to the velocity `noise - x0`;
@@ -483,6 +579,16 @@ class FlowImageObjective:
         self.guidance = guidance
         self.folders_per_step = folders_per_step
 
+    @classmethod
+    def from_config(cls, config: Config, inputs: ObjectiveInputs, data: ImagePairs) -> FlowImageObjective:
+        if config.data.timestep_range is not None:
+            raise InputError("data.timestep_range is for UNet families; on FLUX remove it (the flow schedule's "
+                             "steps are drawn uniformly)")
+        family = inputs.family
+        return cls(data.pairs, data.latents, data.entry, inputs.embeddings, inputs.scheduler, family,
+                   steps=config.train.flow_steps or family.defaults.steps, device=inputs.device,
+                   guidance=flow_guidance(config, family), folders_per_step=config.data.folders_per_step)
+
     def step(self, rng: random.Random, generator: torch.Generator) -> list[Term]:
         from .families.flux import set_flow_schedule
 
@@ -498,3 +604,24 @@ class FlowImageObjective:
                  (noise - clean[i]).float(), self.pairs.scales[i], self.guidance)
             for i in chosen
         ]
+
+
+# --------------------------------------------------------------------------------------------------
+# The table of objectives
+# --------------------------------------------------------------------------------------------------
+
+# Every objective, keyed by the kind of slider ("text": prompt entries, "image": paired folders) and
+# whether the family is flow-matching (`Family.flow_matching`). A new objective is a subclass of
+# `Objective` with its `from_config`, and a row here.
+OBJECTIVES: dict[tuple[str, bool], type[Objective]] = {
+    ("text", False): TextObjective,
+    ("text", True): FlowTextObjective,
+    ("image", False): ImageObjective,
+    ("image", True): FlowImageObjective,
+}
+
+
+def make_objective(kind: str, config: Config, inputs: ObjectiveInputs, data: Any) -> Objective:
+    """The objective of a `kind` slider ("text" or "image") on `inputs.family`, built from `config`
+    and `data` (`Objective.from_config`)."""
+    return OBJECTIVES[kind, inputs.family.flow_matching].from_config(config, inputs, data)

@@ -3,7 +3,7 @@
 Built once at setup (`make_previews`), while the text encoders are still loaded: the preview prompts
 are encoded then, and a pipeline is assembled from the training UNet (with the slider attached),
 the VAE and a copy of the base model's own sampling scheduler, without text encoders.
-`Previews.render` generates through `sampling.generate` (the `start_noise` switch of
+`Previews.render` generates through `generation.generate` (the `start_noise` switch of
 `sliders-sample`, the same starting latents at every step, so grids of different steps compare)
 and draws the grid with `grids.make_grid`. The training's random state is left as it was.
 No training, no checkpoints here; the trainer decides when to render and writes the files.
@@ -28,7 +28,7 @@ from .families import Family, family_of_pipe
 from .grids import make_grid
 from .models import vae_factor
 from .network import SliderNetwork
-from .sampling import generate
+from .generation import generate
 
 if TYPE_CHECKING:
     from PIL import Image

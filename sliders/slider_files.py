@@ -19,14 +19,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import DEFAULT_START_NOISE  # noqa: F401 (a slider file's recommendation, also read from here)
 from .errors import InputError
+from .families import SDXL, family_of_slider
 from .families.flux import split_kohya as flux_split_kohya
 from .files import atomic_tensor_path
 from .lora import lora_name
 
 # What a slider file recommends to the UIs that use it, where training recorded nothing else: the
-# paper's SDEdit-style switch (sliders off while the timestep is above 750) and the scales sampled.
-DEFAULT_START_NOISE = 750
+# paper's SDEdit-style switch (`config.DEFAULT_START_NOISE`, imported here for the writers of files) and
+# the scales sampled.
 DEFAULT_SCALES = (-2.0, -1.0, 0.0, 1.0, 2.0)
 # Files read as a torch pickle, always with weights_only=True: no code in them runs.
 TORCH_SUFFIXES = (".pt", ".ckpt", ".pth")
@@ -69,6 +71,19 @@ def read_slider_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     except (SafetensorError, OSError, ValueError) as error:
         raise InputError(f"slider file '{path}' is not a readable safetensors file ({error}); re-save or re-train it") from None
     return tensors, metadata
+
+
+def recorded_start_noise(metadata: Mapping[str, str]) -> float:
+    """The start_noise a slider file recommends: its recorded `sliders_start_noise`, else its family's
+    default (`sliders.families`; SDXL's for a file that names no family). An unreadable record is an
+    InputError: pass --start_noise."""
+    text = metadata.get("sliders_start_noise")
+    if text is None:
+        return float((family_of_slider(metadata) or SDXL).defaults.start_noise)
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"the slider's sliders_start_noise {text!r} is not a number; pass --start_noise") from None
 
 
 def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:

@@ -4,9 +4,9 @@ Setup (seed, models, prompt embeddings, network, previews) and the loop (one obj
 predictions with backward inside the multiplier scope, optimizer and schedule steps, progress bar,
 logging, checkpoints at their steps); SIGINT/SIGTERM save a resumable checkpoint at the current
 step once a step is done, and before that stop at once, leaving the run folder as it was. What a
-step trains on comes from `objectives.py`; the optimizer and LR schedule from `optim.py`; saving
-and resuming from `checkpoints.py`; TensorBoard and W&B from `loggers.py`; the checks made before
-any model loads from `training_checks.py`.
+step trains on comes from `objectives.py` (its `OBJECTIVES` table picks the objective); the
+optimizer and LR schedule from `optim.py`; saving and resuming from `checkpoints.py`; TensorBoard
+and W&B from `loggers.py`; the checks made before any model loads from `training_checks.py`.
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ from .families import SDXL, Family, family_of_pipe
 from .loggers import Loggers
 from .models import DTYPES, check_quantize, load_pipeline, make_scheduler, prediction_of, quantize_denoiser, vae_factor
 from .network import SliderNetwork
-from .objectives import FlowImageObjective, FlowTextObjective, ImageObjective, TextObjective, image_prompts
+from .objectives import ImagePairs, Objective, ObjectiveInputs, image_prompts, make_objective
 from .optim import make_lr_scheduler, make_optimizer
 from .previews import Previews, encode_preview_prompts, make_previews, preview_path
 from .prompts import PromptEntry, distinct_prompts
 from .runs import RunFolder, ResumePoint, prepare_run_folder
-from .sampling import check_resolution, write_png
+from .outputs import write_png
+from .parsing import check_resolution
 from .stats import RunStats
 from .training_checks import check_resolutions, check_training_inputs  # noqa: F401 (for sliders.cli)
 
@@ -160,8 +161,8 @@ def slider_metadata(config: Config, resolution: int, prompts: object, parts: Set
 
 
 def train_loop(
-    config: Config, parts: Setup, objective, folder: Path, metadata: dict[str, str], resume: ResumePoint | None = None,
-    processes: Processes = SINGLE,
+    config: Config, parts: Setup, objective: Objective, folder: Path, metadata: dict[str, str],
+    resume: ResumePoint | None = None, processes: Processes = SINGLE,
 ) -> RunResult:
     """Run `train.iterations` steps of `objective`, saving checkpoints into `folder`.
 
@@ -255,8 +256,7 @@ def train_loop(
         bar.close()
         loggers.close()
         stats.detach()
-        describe = getattr(objective, "describe", None)
-        stats.options = describe() if describe is not None else {}
+        stats.options = objective.describe()
         stats.options["quantize"] = config.pretrained_model.quantize
         if parts.companions is not None:
             stats.options["with_sliders"] = parts.companions.describe()
@@ -381,38 +381,14 @@ def prepare_text(config: Config, entries: Sequence[PromptEntry], device: torch.d
     parts = setup(config, distinct_prompts(entries), device, keep_vae=False,
                   preview_prompts=[entries[0].target], resolution=entries[0].resolution,
                   resolutions=text_resolutions(entries))
-    if parts.family.flow_matching:
-        objective = FlowTextObjective(
-            entries, parts.embeddings, parts.unet, parts.scheduler, parts.network, parts.family,
-            steps=config.train.flow_steps or parts.family.defaults.steps, factor=vae_factor(parts.vae), device=device,
-            guidance=_flow_guidance(config, parts.family), rescale=config.train.flow_target_rescale,
-            bidirectional=config.train.bidirectional,
-        )
-        return parts, objective, slider_metadata(config, entries[0].resolution, text_prompts_record(entries), parts)
-    objective = TextObjective(
-        entries,
-        parts.embeddings,
-        parts.unet,
-        parts.scheduler,
-        parts.network,
-        max_denoising_steps=config.train.max_denoising_steps,
-        factor=vae_factor(parts.vae),
-        device=device,
-        bidirectional=config.train.bidirectional,
-        fused_denoising=config.train.fused_denoising,
-        xk_max_steps=config.train.xk_max_steps,
-        xk_spacing=config.train.xk_spacing,
-        trajectory_reuse=config.train.trajectory_reuse,
-        compile_unet=config.train.compile,
-        family=parts.family,
-    )
+    objective = make_objective("text", config, objective_inputs(parts, device), entries)
     return parts, objective, slider_metadata(config, entries[0].resolution, text_prompts_record(entries), parts)
 
 
-def _flow_guidance(config: Config, family: Family) -> float:
-    """The guidance embedding the frozen and slider predictions are made at (FLUX-dev): `train.flow_guidance`,
-    else the family's sampling value, so the slider is trained where it is used."""
-    return config.train.flow_guidance if config.train.flow_guidance is not None else family.defaults.guidance_scale
+def objective_inputs(parts: Setup, device: torch.device) -> ObjectiveInputs:
+    """What the set-up made that the objective is built from (`sliders.objectives.make_objective`)."""
+    return ObjectiveInputs(parts.unet, parts.scheduler, parts.network, parts.embeddings, parts.family,
+                           vae_factor(parts.vae), device)
 
 
 def text_resolutions(entries: Sequence[PromptEntry]) -> list[tuple[str, int]]:
@@ -456,27 +432,7 @@ def prepare_image(config: Config, pairs: PairedFolders, entry: PromptEntry, devi
     latents.prepare()
     if config.data.cache_latents:
         parts.vae.to("cpu")
-    if parts.family.flow_matching:
-        if config.data.timestep_range is not None:
-            raise InputError("data.timestep_range is for UNet families; on FLUX remove it (the flow schedule's "
-                             "steps are drawn uniformly)")
-        objective = FlowImageObjective(pairs, latents, entry, parts.embeddings, parts.scheduler, parts.family,
-                                       steps=config.train.flow_steps or parts.family.defaults.steps, device=device,
-                                       guidance=_flow_guidance(config, parts.family),
-                                       folders_per_step=config.data.folders_per_step)
-        return parts, objective, slider_metadata(config, entry.resolution, image_prompts_record(pairs, entry), parts)
-    objective = ImageObjective(
-        pairs,
-        latents,
-        entry,
-        parts.embeddings,
-        parts.scheduler,
-        max_denoising_steps=config.train.max_denoising_steps,
-        device=device,
-        folders_per_step=config.data.folders_per_step,
-        family=parts.family,
-        timestep_range=config.data.timestep_range,
-    )
+    objective = make_objective("image", config, objective_inputs(parts, device), ImagePairs(pairs, latents, entry))
     return parts, objective, slider_metadata(config, entry.resolution, image_prompts_record(pairs, entry), parts)
 
 

@@ -18,7 +18,8 @@ from .errors import InputError
 from .families import family_of_source
 from .optim import BNB_OPTIMIZERS, make_optimizer
 from .packages import import_optional
-from .sampling import check_resolution, read_vae_factor
+from .parsing import check_resolution
+from .planning import read_vae_factor
 
 
 def check_training_inputs(config: Config) -> None:
@@ -60,7 +61,7 @@ def _check_base_options(config: Config) -> None:
 
 def check_resolutions(config: Config, resolutions: Sequence[tuple[str, int]]) -> None:
     """Before the model loads: every (key, resolution) of the run, and `sample.resolution`, fits the base
-    model's latents where its family packs them (FLUX: multiples of 16, `sampling.check_resolution`).
+    model's latents where its family packs them (FLUX: multiples of 16, `parsing.check_resolution`).
     A model whose family is known only once loaded is checked then (`setup`)."""
     from .models import resolve_model
 

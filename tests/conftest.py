@@ -40,6 +40,18 @@ def tiny_pipe(tiny_model_dir):
 
 
 @pytest.fixture
+def inject_loader():
+    """`inject_loader(loader)`: until the test ends, every base-model load of every command calls `loader`
+    (with `load_pipeline`'s arguments) instead (`sliders.models.injected_loader`)."""
+    from contextlib import ExitStack
+
+    from sliders.models import injected_loader
+
+    with ExitStack() as stack:
+        yield lambda loader: stack.enter_context(injected_loader(loader))
+
+
+@pytest.fixture
 def unet(tiny_pipe):
     """A fresh copy of the tiny UNet, so tests cannot leak hooks or weights into each other."""
     import copy

@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from sliders import trainer
 from sliders.cli import edit_main, eval_main, sample_main, train_main
 from sliders.config import BUILTIN_MODEL, TINY_MODEL
 from sliders.export import meta_unet
@@ -23,25 +22,37 @@ COMMANDS = ["sample", "edit", "eval", "eval-scenes"]
 
 
 @pytest.fixture
-def loads(monkeypatch):
-    return _refuse_loads(monkeypatch)
+def loads(inject_loader):
+    return _refuse_loads(inject_loader)
 
 
-def _refuse_loads(monkeypatch):
-    """Every name the commands load a model through, replaced by a recorder that refuses; its calls."""
-    import sliders.evaluation
-    import sliders.models
-    import sliders.sampling
-
+def _refuse_loads(inject_loader):
+    """The commands' model loader, replaced by a recorder that refuses; its calls."""
     calls = []
 
     def refuse(*args, **kwargs):
         calls.append(args)
         raise AssertionError("a model was loaded")
 
-    for module in (sliders.models, sliders.sampling, sliders.evaluation, trainer):
-        monkeypatch.setattr(module, "load_pipeline", refuse)
+    inject_loader(refuse)
     return calls
+
+
+def test_an_injected_loader_stands_in_for_load_pipeline_until_its_block_ends(tiny_model_dir):
+    from sliders.models import injected_loader, load_pipeline
+
+    calls = []
+
+    def recorder(*args, **kwargs):
+        calls.append((args, kwargs))
+        return load_pipeline(*args, **kwargs)  # the real load: the injection is off while the loader runs
+
+    with injected_loader(recorder):
+        pipe = load_pipeline(str(tiny_model_dir))
+    assert calls == [((str(tiny_model_dir), torch.float32, "cpu"), {"family": None, "v2": False, "transformer": None})]
+    assert pipe.unet.config.in_channels == 4
+    load_pipeline(str(tiny_model_dir))
+    assert len(calls) == 1
 
 
 def _run(command, slider, tmp_path, *extra):
@@ -144,11 +155,12 @@ def _stopped_run(tmp_path, monkeypatch, *flags):
     return config
 
 
-def test_resume_from_a_truncated_training_state_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
+def test_resume_from_a_truncated_training_state_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys,
+                                                                                   inject_loader):
     config = _stopped_run(tmp_path, monkeypatch)
     state = tmp_path / "models" / RUN / "size_2steps.state.safetensors"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    loads = _refuse_loads(monkeypatch)
+    loads = _refuse_loads(inject_loader)
     capsys.readouterr()
     assert train_main(["--config", str(config), *ITERATIONS, "--resume"]) == 2
     line = _error_line(capsys)
@@ -166,9 +178,9 @@ def _other_network_state(tmp_path, monkeypatch):
 
 
 def test_resume_from_the_state_of_another_network_is_one_whole_line_before_the_model_loads(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, monkeypatch, capsys, inject_loader):
     config, state = _other_network_state(tmp_path, monkeypatch)
-    loads = _refuse_loads(monkeypatch)
+    loads = _refuse_loads(inject_loader)
     capsys.readouterr()
     assert train_main(["--config", str(config), *ITERATIONS, "--resume"]) == 2
     line = _error_line(capsys)

@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-from sliders import evaluation
 from sliders.cli import eval_main
 from sliders.config import BUILTIN_MODEL
 from sliders.errors import InputError
@@ -61,11 +60,11 @@ def test_edit_evaluation_reports_the_slider_the_baseline_and_the_reconstruction(
 
 
 @pytest.fixture
-def no_model_load(monkeypatch):
+def no_model_load(inject_loader):
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were validated")
 
-    monkeypatch.setattr(evaluation, "load_pipeline", forbidden)
+    inject_loader(forbidden)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from PIL import Image
 
 from sliders import editing, sampling
 from sliders.config import BUILTIN_MODEL, INVERSIONS, TINY_MODEL
+from sliders.data import to_pixels
 from sliders.editing import (
     Conditioning,
     edit_grid,
@@ -265,7 +266,7 @@ def test_vae_encodes_in_fp32_and_keeps_its_dtype(tiny_model_dir, tmp_path):
     assert half.vae.dtype == torch.bfloat16 and latents.dtype == torch.float32
     torch.testing.assert_close(latents, reference, atol=0.05, rtol=0.05)
     with torch.no_grad():
-        in_bf16 = half.vae.encode(editing.to_pixels(item.image)[None].bfloat16()).latent_dist.mean.float()
+        in_bf16 = half.vae.encode(to_pixels(item.image)[None].bfloat16()).latent_dist.mean.float()
     in_bf16 = in_bf16 * half.vae.config.scaling_factor
     assert (latents - reference).abs().mean() < (in_bf16 - reference).abs().mean()
 
@@ -317,11 +318,11 @@ def test_run_editing_writes_every_edit_a_grid_with_the_input_first_and_a_report(
 
 
 @pytest.fixture
-def no_model_load(monkeypatch):
+def no_model_load(inject_loader):
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were validated")
 
-    monkeypatch.setattr(sampling, "load_pipeline", forbidden)
+    inject_loader(forbidden)
 
 
 @pytest.mark.parametrize(

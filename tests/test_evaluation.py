@@ -359,11 +359,11 @@ def slider_file(tiny_pipe, tmp_path):
 
 
 @pytest.fixture
-def no_model_load(monkeypatch):
+def no_model_load(inject_loader):
     def fail(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were validated")
 
-    monkeypatch.setattr(evaluation, "load_pipeline", fail)
+    inject_loader(fail)
 
 
 @pytest.mark.parametrize(
@@ -403,14 +403,14 @@ def test_run_evaluation_validates_before_loading(slider_file, tmp_path, no_model
     assert not (tmp_path / "out").exists()
 
 
-def test_run_evaluation_end_to_end(tiny_pipe, slider_file, tmp_path, monkeypatch):
+def test_run_evaluation_end_to_end(tiny_pipe, slider_file, tmp_path, inject_loader):
     loads = []
 
-    def load(model, dtype, device):
+    def load(model, dtype, device, **options):
         loads.append(model)
         return tiny_pipe
 
-    monkeypatch.setattr(evaluation, "load_pipeline", load)
+    inject_loader(load)
     paths = run_evaluation(
         [f"{slider_file}:-1,1"], None, ["a medium red circle"], "0", output=tmp_path / "out",
         baseline_replace=["medium=large"], start_noise=1000, steps=2, device="cpu", images=True,

@@ -182,16 +182,13 @@ def test_sliders_load_in_diffusers_as_they_run_here(trained, tmp_path, sliders_h
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
 
 
-def test_a_slider_of_another_family_is_refused_before_the_model_loads(trained, tmp_path, capsys, monkeypatch):
-    import sliders.models
-
+def test_a_slider_of_another_family_is_refused_before_the_model_loads(trained, tmp_path, capsys, inject_loader):
     _, model, text, _ = trained
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(sliders.models, "load_pipeline", no_load)
-    monkeypatch.setattr("sliders.sampling.load_pipeline", no_load)
+    inject_loader(no_load)
     code = sample_main(["--slider", str(text), "--prompt", "circle", "--pretrained_model", "builtin:tiny-sdxl", "--output",
                         str(tmp_path / "s"), "--device", "cpu"])
     assert code == 2

@@ -475,20 +475,16 @@ def test_eval_and_edit_take_both_options(slider, bfl_file, tmp_path):
 
 
 def test_bad_base_options_of_the_image_commands_are_one_line_before_the_model_loads(
-        slider, bfl_file, tiny_pipe, tmp_path, capsys, monkeypatch):
+        slider, bfl_file, tiny_pipe, tmp_path, capsys, monkeypatch, inject_loader):
     import bitsandbytes
 
-    import sliders.evaluation
-    import sliders.models
-    import sliders.sampling
     from sliders.config import TINY_MODEL
     from sliders.network import SliderNetwork
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    for module in (sliders.models, sliders.sampling, sliders.evaluation):
-        monkeypatch.setattr(module, "load_pipeline", forbidden)
+    inject_loader(forbidden)
     photo = tmp_path / "photo.png"
     Image.new("RGB", (64, 64)).save(photo)
     commands = {

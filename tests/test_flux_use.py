@@ -98,7 +98,7 @@ def _photo(path):
 def test_flow_regeneration_is_the_pipelines_own_sampler(pipe, cond):
     """From pure noise with no corrections, `regenerate_flow` takes exactly FluxPipeline's Euler steps on
     its shifted schedule: the edits regenerate on the sampler `sliders-sample` uses."""
-    from sliders.editing import Inversion, make_flow_schedule, regenerate_flow
+    from sliders.inversion import Inversion, make_flow_schedule, regenerate_flow
     from sliders.families.flux import pack, unpack
 
     noise = torch.randn(1, 16, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -116,7 +116,7 @@ def test_flow_inversion_reconstructs_at_scale_0(pipe, cond, steps, ddim_bound):
     """`direct` gives back the latents exactly (up to float rounding); `ddim` (the Euler step run
     backwards) closely, closer with more steps (measured 4% at 8 steps, 1.1% at 30 of the latents' rms),
     where starting from fresh noise is off by 140%. The latents are the model's own image."""
-    from sliders.editing import Inversion, invert_flow, make_flow_schedule, regenerate_flow
+    from sliders.inversion import Inversion, invert_flow, make_flow_schedule, regenerate_flow
 
     model = pipe.transformer
     schedule = make_flow_schedule(pipe.scheduler, steps, 32, 32)
@@ -170,17 +170,13 @@ def test_sliders_edit_on_flux_reconstructs_at_scale_0_and_edits_at_others(text_s
     assert row["psnr_scale0_db"] == pytest.approx(row["psnr_vae_db"], abs=1.0)
 
 
-def test_edit_refuses_what_flux_does_not_have(text_slider, tmp_path, capsys, monkeypatch):
+def test_edit_refuses_what_flux_does_not_have(text_slider, tmp_path, capsys, inject_loader):
     """Inversions of the unconditional branch and a negative prompt: one line each, before the model loads."""
-    from sliders import sampling
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    from sliders import evaluation
-
-    monkeypatch.setattr(sampling, "load_pipeline", forbidden)
-    monkeypatch.setattr(evaluation, "load_pipeline", forbidden)
+    inject_loader(forbidden)
     image = _photo(tmp_path / "photo.png")
     common = ["--image", str(image), "--slider", str(text_slider), "--device", "cpu", "--output", str(tmp_path / "e")]
     for method in ("null-text", "negative-prompt"):
@@ -268,15 +264,13 @@ def test_preview_defaults_of_unet_families_are_unchanged():
     assert preview_settings(SampleConfig(), FLUX).steps == 30
 
 
-def test_sample_and_eval_refuse_a_negative_prompt_on_flux(text_slider, tmp_path, capsys, monkeypatch):
+def test_sample_and_eval_refuse_a_negative_prompt_on_flux(text_slider, tmp_path, capsys, inject_loader):
     """FLUX.1 has no classifier-free guidance: a negative prompt would be dropped without a word."""
-    from sliders import evaluation, sampling
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(sampling, "load_pipeline", forbidden)
-    monkeypatch.setattr(evaluation, "load_pipeline", forbidden)
+    inject_loader(forbidden)
     common = ["--slider", str(text_slider), "--prompt", "circle", "--negative_prompt", "blurry", "--device", "cpu"]
     assert sample_main(common + ["--output", str(tmp_path / "s")]) == 2
     line = _error_line(capsys)
@@ -399,14 +393,11 @@ def flux8(tmp_path_factory, sliders_home):
 
 
 def test_resolution_not_fitting_flux_is_one_line_before_the_model_loads(flux8, text_slider, tmp_path, capsys,
-                                                                         monkeypatch):
-    from sliders import evaluation, sampling, trainer
-
+                                                                         inject_loader):
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    for module in (sampling, trainer, evaluation):
-        monkeypatch.setattr(module, "load_pipeline", forbidden)
+    inject_loader(forbidden)
     config = _write_text_config(tmp_path, model=flux8, resolution=72)
     assert train_main(["--config", str(config), "--device", "cpu"]) == 2
     line = _error_line(capsys)
@@ -427,9 +418,11 @@ def test_resolution_not_fitting_flux_is_one_line_before_the_model_loads(flux8, t
         assert line == ("error: --resolution 72 is not a multiple of 16, which FLUX.1 needs (8 px latent cells in "
                         "2x2 patches); pick 64 or 80"), main
     # On the built-in tiny model (2 px VAE cells: multiples of 4, and 8 for the pipeline) 72 is fine.
-    monkeypatch.undo()
-    assert sample_main(["--slider", str(text_slider), "--resolution", "72", "--steps", "2", "--prompt", "circle",
-                        "--scales=0", "--device", "cpu", "--output", str(tmp_path / "ok")]) == 0
+    from sliders.models import injected_loader
+
+    with injected_loader(None):  # the model loads for real again
+        assert sample_main(["--slider", str(text_slider), "--resolution", "72", "--steps", "2", "--prompt", "circle",
+                            "--scales=0", "--device", "cpu", "--output", str(tmp_path / "ok")]) == 0
 
 
 def test_a_fitting_resolution_samples_on_an_8px_vae_flux(flux8, text_slider, tmp_path):

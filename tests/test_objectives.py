@@ -14,7 +14,11 @@ from sliders.models import encode_prompts, make_scheduler, predict_noise, traini
 from sliders.network import SliderNetwork
 from sliders.objectives import (
     DENOISE_GUIDANCE,
+    OBJECTIVES,
+    FlowImageObjective,
+    FlowTextObjective,
     ImageObjective,
+    Objective,
     TextObjective,
     choose_folders,
     draw_size,
@@ -24,6 +28,13 @@ from sliders.objectives import (
     pair_prompt,
 )
 from sliders.prompts import make_entry
+
+
+def test_one_table_holds_every_objective_by_kind_and_flow_matching():
+    assert OBJECTIVES == {("text", False): TextObjective, ("text", True): FlowTextObjective,
+                          ("image", False): ImageObjective, ("image", True): FlowImageObjective}
+    for objective in OBJECTIVES.values():
+        assert issubclass(objective, Objective) and "from_config" in vars(objective)
 
 
 def test_guided_target_on_hand_made_tensors():

@@ -217,7 +217,7 @@ def test_real_signal_to_a_real_training_process_keeps_a_resumable_checkpoint(tmp
 BLOCKING_DRIVER = """
 import sys, time
 from pathlib import Path
-from sliders import trainer
+from sliders.models import injected_loader, load_pipeline
 from sliders.objectives import TextObjective
 from sliders.cli import train_main
 
@@ -233,10 +233,12 @@ def block(original):
 
 
 if phase == "setup":
-    trainer.load_pipeline = block(trainer.load_pipeline)
+    loading = injected_loader(block(load_pipeline))
 else:
     TextObjective.step = block(TextObjective.step)
-sys.exit(train_main(sys.argv[3:]))
+    loading = injected_loader(None)
+with loading:
+    sys.exit(train_main(sys.argv[3:]))
 """
 
 
@@ -356,14 +358,11 @@ def test_earlier_checkpoints_are_refused_without_overwrite_and_moved_aside_with_
     assert sorted(p.name for p in folder.iterdir() if p.is_file()) == ["config.yaml", "size_last.safetensors", "stats.json"]
 
 
-def test_output_folder_checks_before_any_model_loads(tmp_path, capsys, monkeypatch):
-    import sliders.models
-
+def test_output_folder_checks_before_any_model_loads(tmp_path, capsys, inject_loader):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(sliders.models, "load_pipeline", no_model)
-    monkeypatch.setattr(trainer, "load_pipeline", no_model)
+    inject_loader(no_model)
     config = _config(tmp_path)
     occupied = tmp_path / "occupied"
     occupied.write_text("keep me")
@@ -553,22 +552,22 @@ def test_sliders_checkpoints_and_states_get_the_usual_permissions(tmp_path, monk
 
 
 def test_ctrl_c_during_sampling_keeps_the_images_made_and_their_grid(tmp_path, monkeypatch, capsys):
-    import sliders.sampling as sampling
+    import sliders.outputs as outputs
 
     config = _config(tmp_path)
     assert train_main(["--config", str(config), "--device", "cpu", "--iterations", "1"]) == 0
     slider = tmp_path / "models" / RUN / "size_last.safetensors"
-    original = sampling.write_png
+    original = outputs.write_png
     written = []
 
     def write_png(image, path):
         result = original(image, path)
         written.append(Path(path).name)
-        if len(written) == 2 and Path(path).name != sampling.GRID_NAME:
+        if len(written) == 2 and Path(path).name != outputs.GRID_NAME:
             raise KeyboardInterrupt
         return result
 
-    monkeypatch.setattr(sampling, "write_png", write_png)
+    monkeypatch.setattr(outputs, "write_png", write_png)
     out = tmp_path / "samples"
     capsys.readouterr()
     code = sample_main(["--slider", str(slider), "--scales", "-2,0,2", "--prompt", "circle", "--steps", "2",
@@ -585,15 +584,11 @@ def test_ctrl_c_during_sampling_keeps_the_images_made_and_their_grid(tmp_path, m
 
 
 @pytest.fixture
-def no_model(monkeypatch):
-    import sliders.models
-    import sliders.sampling
-
+def no_model(inject_loader):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded for a bad input")
 
-    for module in (sliders.models, trainer, sliders.sampling):
-        monkeypatch.setattr(module, "load_pipeline", refuse)
+    inject_loader(refuse)
 
 
 TRAIN_BAD = [

@@ -382,13 +382,13 @@ def test_generate_rejects_bad_settings(pipe, kwargs):
 
 
 @pytest.fixture
-def no_model_load(monkeypatch):
+def no_model_load(inject_loader):
     """Any attempt to load a model fails the test: validation must come first."""
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was loaded before the inputs were validated")
 
-    monkeypatch.setattr(sampling, "load_pipeline", forbidden)
+    inject_loader(forbidden)
 
 
 def test_run_sampling_end_to_end(slider_files, tmp_path):

@@ -10,7 +10,7 @@ from sliders.config import LR_SCHEDULERS, OPTIMIZERS, load_config
 from sliders.errors import InputError, TrainingError
 from sliders.models import encode_prompts, make_scheduler, vae_factor
 from sliders.network import SliderNetwork
-from sliders.objectives import Term, TextObjective
+from sliders.objectives import Objective, Term, TextObjective
 from sliders.prompts import make_entry
 from sliders.optim import make_lr_scheduler, make_optimizer, parse_optimizer_args
 from sliders.trainer import Setup, train_loop
@@ -159,7 +159,7 @@ def test_one_step_changes_only_slider_parameters(small_setup, tmp_path):
 def test_non_finite_loss_stops_with_a_clear_error(small_setup, tmp_path):
     parts, objective = small_setup
 
-    class Broken:
+    class Broken(Objective):
         def step(self, rng, generator):
             (term,) = objective.step(rng, generator)
             return [Term(term.latents, term.timestep, term.cond, term.target * float("nan"), 1.0)]

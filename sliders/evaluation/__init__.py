@@ -8,14 +8,13 @@ A package by concern, every public name importable from here:
 `report`     the rows aggregated (`summarise`, no diffusion model needed), as Markdown, and written;
 `plot`       the report's plots, drawn by matplotlib;
 `run`        `evaluate` (generate and measure), `run_evaluation` (validate, load, evaluate, write)
-             and the parsing of the `sliders-eval` inputs (seed ranges, prompt files, replacements);
+             and the reading of the `sliders-eval` inputs (prompt files, replacements; seed ranges are
+             `sliders.parsing.parse_seeds`, importable from here too);
 `edits`, `edit_results`  edits measured: rendered scenes edited here, or a `sliders-edit` folder.
 It does not define the command line (see `cli`) and does not train.
 """
 
-# The loader `run_evaluation` calls, looked up here when it runs, so that replacing this name (as
-# the tests do) replaces the model load.
-from ..models import load_pipeline
+from ..parsing import MAX_SEEDS, parse_seeds
 from .measurers import MEASURERS, Measurer, ShapesMeasurer, get_measurer, measure_samples, parse_measurer_args
 from .plot import PLOT_BOTTOM, PLOT_LEFT, PLOT_RIGHT, PLOT_SIZE, PLOT_TOP, SERIES_COLOURS, plot_report, plot_scores
 from .quality import conceptual_range, conceptual_smoothness, is_monotone, quality, slider_quality
@@ -23,11 +22,9 @@ from .report import REPORT_JSON, REPORT_MD, REPORT_PLOT, REPORT_SCORES, report_m
 from .run import (
     BASELINE_GRID_NAME,
     IMAGES_FOLDER,
-    MAX_SEEDS,
     baseline_from_replace,
     evaluate,
     parse_replacements,
-    parse_seeds,
     read_prompt_lines,
     run_evaluation,
 )
@@ -58,7 +55,6 @@ __all__ = [
     "get_measurer",
     "is_monotone",
     "linear_fit",
-    "load_pipeline",
     "measure_samples",
     "parse_measurer_args",
     "parse_replacements",

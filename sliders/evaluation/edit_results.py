@@ -21,10 +21,12 @@ from typing import Sequence
 from PIL import Image
 
 from .. import __version__
-from ..editing import REPORT_NAME, edit_name
+from ..editing import REPORT_NAME
 from ..errors import InputError, OutputError
+from ..generation import Sample
 from ..models import parse_device
-from ..sampling import Sample, SliderSpec
+from ..outputs import edit_name
+from ..parsing import SliderSpec
 from .measurers import Measurer, is_reference, measure_samples, measurer_name, pair_key
 from .report import jsonable, summarise, write_report
 from .run import build_measurer, check_measurer, measured_quality, measurer_settings

@@ -20,13 +20,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
-from ..config import DEFAULT_INVERSION, EDIT_START_NOISE, NULL_TEXT_ITERATIONS
-from ..editing import (GRID_NAME, Edited, EditImage, check_edit_settings, check_family_edit, edit_grid, edit_images,
-                       edit_name)
+from ..config import DEFAULT_INVERSION, EDIT_START_NOISE, EVAL_STEPS, NULL_TEXT_ITERATIONS
+from ..editing import Edited, EditImage, check_edit_settings, check_family_edit, edit_grid, edit_images
 from ..errors import InputError, OutputError
+from ..generation import Sample
 from ..models import time_ids
-from ..sampling import (Sample, SliderSpec, base_options_record, kept_on_interrupt, loaded, owned_output, plan_run,
-                        write_kept)
+from ..outputs import GRID_NAME, edit_name, kept_on_interrupt, owned_output, write_kept
+from ..planning import base_options_record, loaded, plan_run
 from ..shapes.world import SCENE_STYLES, SIZE_WORDS, render_dataset, styled
 from .measurers import Measurer, is_reference, measure_samples, measurer_name, pair_key
 from .report import jsonable, summarise, write_report
@@ -113,8 +113,8 @@ def run_edit_evaluation(
     measurer_args: Sequence[str] | dict | None = None,
     baseline_replace: Sequence[str] | str | None = None,
     start_noise: float = EDIT_START_NOISE,
-    steps: int = 25,
-    guidance_scale: float = 5.0,
+    steps: int = EVAL_STEPS,
+    guidance_scale: float | None = None,
     pretrained_model: str | None = None,
     device: str | None = None,
     precision: str = "fp32",
@@ -168,10 +168,8 @@ def run_edit_evaluation(
         if finished:
             write_kept(edit_grid(finished, names), output / GRID_NAME, made)
 
-    from . import load_pipeline  # the package's name, which tests replace
-
     with owned_output(output, True), kept_on_interrupt(made, names, folder, output / GRID_NAME, write_finished):
-        with loaded(plan, loader=load_pipeline) as (pipe, sliders):
+        with loaded(plan) as (pipe, sliders):
             results = edit_images(
                 pipe, sliders, plan.scale_lists, inputs, captions, method=method, start_noise=plan.start_noise,
                 steps=plan.steps, guidance_scale=plan.guidance_scale, negative_prompt=plan.negative_prompt,

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..files import write_text_atomic
 from ..grids import combination_label
-from ..sampling import write_png
+from ..outputs import write_png
 from .measurers import is_reference, pair_key
 from .plot import plot_report, plot_scores
 from .statistics import describe, linear_fit, spearman

@@ -1,10 +1,11 @@
 """An evaluation run: generate every prompt x seed x scale image, measure it, and report (`evaluate`, `run_evaluation`).
 
 `run_evaluation` validates every input before loading the base model and sliders (through
-`sampling.plan_run` and `sampling.loaded`, shared with `run_sampling`, plus its own checks), and
-writes the report and, when asked, the images and their grids. Also parses the seed ranges, prompt
-files and prompt replacements the `sliders-eval` command takes. It does not define the command
-line itself (see `cli`), does not train, and generates only through `sampling.generate`.
+`planning.plan_run` and `planning.loaded`, shared with `run_sampling`, plus its own checks), and
+writes the report and, when asked, the images and their grids. Also reads the prompt files and
+prompt replacements the `sliders-eval` command takes (seed ranges are `parsing.parse_seeds`). It does
+not define the command line itself (see `cli`), does not train, and generates only through
+`generation.generate`.
 
 The reference image for a prompt and seed is the one with every slider at 0. When 0 is not in every
 scale list, that image is generated separately (same prompt, seed and settings) rather than
@@ -15,35 +16,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import __version__
+from ..config import DEFAULT_START_NOISE, EVAL_STEPS
 from ..distributed import Processes
 from ..distributed import start as start_processes
 from ..errors import InputError, OutputError
+from ..generation import Sample, generate
 from ..grids import make_grid
 from ..network import SliderNetwork
-from ..sampling import (
-    GRID_NAME,
-    Sample,
-    SliderSpec,
-    check_prompts,
-    check_scales,
-    base_options_record,
-    check_fused,
-    check_seeds,
-    generate,
-    image_name,
-    kept_on_interrupt,
-    loaded,
-    owned_output,
-    parse_slider_arg,
-    plan_run,
-    write_kept,
-)
+from ..outputs import GRID_NAME, image_name, kept_on_interrupt, owned_output, write_kept
+from ..parsing import SliderSpec, check_prompts, check_scales, check_seeds, parse_seeds, parse_slider_arg
+from ..planning import base_options_record, check_fused, loaded, plan_run
 from .measurers import (
     MEASURERS,
     Measurer,
@@ -66,9 +53,6 @@ logger = logging.getLogger(__name__)
 
 BASELINE_GRID_NAME = "baseline_grid.png"
 IMAGES_FOLDER = "images"
-
-# A range such as 0-99999999 would otherwise build a huge list before anything else is checked.
-MAX_SEEDS = 100_000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,8 +219,8 @@ def evaluate(
     measurer: "str | Measurer",
     target: str,
     baseline_prompts: Sequence[str] | None = None,
-    start_noise: float = 750,
-    steps: int = 25,
+    start_noise: float = DEFAULT_START_NOISE,
+    steps: int = EVAL_STEPS,
     guidance_scale: float = 5.0,
     height: int,
     width: int,
@@ -269,29 +253,6 @@ def evaluate(
 # --------------------------------------------------------------------------------------------------
 # Command-line inputs
 # --------------------------------------------------------------------------------------------------
-
-_SEED_PART = re.compile(r"^(\d+)(?:\s*-\s*(\d+))?$")
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]: comma-separated seeds and inclusive ranges."""
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("--seeds is empty; give seeds such as 0,1,2 or a range such as 0-31")
-    seeds: list[int] = []
-    for part in (part.strip() for part in text.split(",")):
-        match = _SEED_PART.match(part)
-        if not match:
-            raise InputError(f"--seeds has {part!r}, which is not a seed or a range; write e.g. --seeds 0-31 or 0,5,9")
-        first = int(match.group(1))
-        last = int(match.group(2)) if match.group(2) is not None else first
-        if last < first:
-            raise InputError(
-                f"--seeds range {part!r} runs backwards; write the smaller seed first, e.g. {last}-{first}"
-            )
-        if len(seeds) + last - first + 1 > MAX_SEEDS:
-            raise InputError(f"--seeds {text!r} gives more than {MAX_SEEDS} seeds; give fewer")
-        seeds.extend(range(first, last + 1))
-    return list(check_seeds(seeds))
 
 
 def read_prompt_lines(path: str | Path) -> list[str]:
@@ -412,9 +373,9 @@ def run_evaluation(
     compare: bool = False,
     baseline_prompts: Sequence[str] | None = None,
     baseline_replace: Sequence[str] | str | None = None,
-    start_noise: int = 750,
-    steps: int = 25,
-    guidance_scale: float = 5.0,
+    start_noise: float | None = None,
+    steps: int = EVAL_STEPS,
+    guidance_scale: float | None = None,
     pretrained_model: str | None = None,
     device: str | None = None,
     precision: str = "fp32",
@@ -429,8 +390,9 @@ def run_evaluation(
 
     Arguments map 1:1 to `sliders-eval` flags (`--slider` gives `specs`, `--save_images` `images`;
     `--prompts_file` goes through `read_prompt_lines`, `--seeds` may be text for `parse_seeds`).
-    The base model and resolution default to those recorded in the first slider's metadata; on
-    FLUX.1, `transformer` and `quantize` are `sampling.plan_run`'s. Returns the paths written: json,
+    The base model, resolution, start_noise and guidance default to those recorded in the first
+    slider's metadata, else its family's; on FLUX.1, `transformer` and `quantize` are
+    `planning.plan_run`'s. Returns the paths written: json,
     markdown, plot, and with `images` also images (the folder), grid and, with a baseline,
     baseline_grid.
     """
@@ -476,14 +438,10 @@ def run_evaluation(
         name = "baseline_" + image_name(sample, []) if baseline else image_name(sample, names)
         write_kept(sample.image, folder / name, made)
 
-    # Looked up on the package when called: `sliders.evaluation.load_pipeline` is the one name to
-    # replace (tests put the tiny model, or a loader that fails, there), not a copy in this module.
-    from . import load_pipeline
-
     with processes.guard(), owned_output(output, processes.is_main), \
             kept_on_interrupt(made, names, folder, output / GRID_NAME):
         processes.check()
-        with loaded(plan, loader=load_pipeline) as (pipe, sliders):
+        with loaded(plan) as (pipe, sliders):
             report, samples, baseline_samples = _evaluate(
                 pipe, sliders, plan.scale_lists, plan.prompts, plan.seeds, measurer=measurer_instance, target=target,
                 baseline_prompts=baseline_prompts, start_noise=plan.start_noise, steps=plan.steps,

@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..config import DEFAULT_START_NOISE
 from .base import Defaults, Family
 
 # kohya/BFL fused layers -> the diffusers module paths stacked in them (relative to the block), in order.
@@ -229,7 +230,7 @@ FLUX = FluxFamily(
     label="FLUX.1",
     pipeline_class="FluxPipeline",
     # The official flux-sliders code: 512 px, 30 steps and guidance embedding 3.5 (dev).
-    defaults=Defaults(resolution=512, sample_resolution=512, start_noise=750, guidance_scale=3.5, steps=30),
+    defaults=Defaults(resolution=512, sample_resolution=512, start_noise=DEFAULT_START_NOISE, guidance_scale=3.5, steps=30),
     kohya_ldm_names=True,
     base_version="flux1",
     comfyui_checkpoint="flux1-dev.safetensors",

@@ -10,7 +10,7 @@ Forge and ComfyUI map; there is no LDM naming to write.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..config import DEFAULT_START_NOISE
 from ..formats import SDXL_BASE_UNET_CONFIG
 from .base import Defaults, Family
 
@@ -62,7 +63,7 @@ SDXL = SDXLFamily(
     name="sdxl",
     label="Stable Diffusion XL",
     pipeline_class="StableDiffusionXLPipeline",
-    defaults=Defaults(resolution=512, sample_resolution=1024, start_noise=750, guidance_scale=5.0, steps=50),
+    defaults=Defaults(resolution=512, sample_resolution=1024, start_noise=DEFAULT_START_NOISE, guidance_scale=5.0, steps=50),
     kohya_ldm_names=True,
     base_version="sdxl_base_v1-0",
     comfyui_checkpoint="sd_xl_base_1.0.safetensors",

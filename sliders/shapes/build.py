@@ -626,6 +626,7 @@ def build_shapes_model(
     log_every: int = 100,
     family: str = "sdxl",
     vae_from: str | Path | None = None,
+    unet_from: str | Path | None = None,
 ) -> Path:
     """Train the shapes model and save it as a diffusers SDXL folder at `out_dir`; returns the path.
 
@@ -634,7 +635,9 @@ def build_shapes_model(
     fits the UNet step count to the measured speed. `pool_size` caps the rendered scenes; the pool
     is never larger than the samples training draws. `save_dtype` "fp16" halves the folder
     (about 11 MB); it loads in float32 through `load_pipeline`. `family` is `sdxl` or `sd1`;
-    `vae_from` (a shapes model folder) reuses its autoencoder and scale instead of training one.
+    `vae_from` (a shapes model folder) reuses its autoencoder and scale instead of training one;
+    `unet_from` (a shapes model folder of the same family) starts the UNet (or transformer) from its
+    weights, to train a build further: its `BUILD.json` steps are added to this one's in the record.
     """
     from diffusers import AutoencoderKL, FluxPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -687,6 +690,16 @@ def build_shapes_model(
     if vae_from is not None:
         vae = AutoencoderKL.from_pretrained(str(vae_from), subfolder="vae", torch_dtype=torch.float32).to(device)
     unet = (make_transformer(seed + 4) if family == "flux" else make_unet(seed + 4, family)).to(device)
+    steps_before = 0
+    if unet_from is not None:
+        unet_from = Path(unet_from)
+        sub = "transformer" if family == "flux" else "unet"
+        try:
+            start = type(unet).from_pretrained(str(unet_from), subfolder=sub, torch_dtype=torch.float32)
+            steps_before = json.loads((unet_from / "BUILD.json").read_text(encoding="utf-8"))["unet_steps"]
+        except (OSError, ValueError, KeyError) as error:
+            raise InputError(f"--unet-from {unet_from}: not a {family} shapes model folder ({error})") from None
+        unet.load_state_dict(start.state_dict())
     for encoder in text_encoders:
         encoder.requires_grad_(False)
         if save_dtype == "fp16":
@@ -769,7 +782,8 @@ def build_shapes_model(
             "deterministic": device.type == "cpu" and time_budget_s is None,
             "vae_steps": vae_steps,
             "unet_steps_planned": unet_steps,
-            "unet_steps": unet_run,
+            "unet_steps": steps_before + unet_run,
+            "unet_from": None if unet_from is None else {"folder": Path(unet_from).name, "unet_steps": steps_before},
             "batch_size": batch_size,
             "vae_batch_size": vae_batch_size,
             "lr": lr,
@@ -829,6 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--family", choices=FAMILIES, default="sdxl", help="architecture (default sdxl)")
     parser.add_argument("--vae-from", help="reuse the autoencoder of this shapes model folder (no VAE training)")
+    parser.add_argument("--unet-from", help="start the UNet (transformer) from this shapes model folder's weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -837,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size, vae_batch_size=args.vae_batch_size, lr=args.lr, vae_lr=args.vae_lr,
             kl_weight=args.kl_weight, pool_size=args.pool_size, time_budget_s=args.time_budget,
             save_dtype=args.save_dtype, overwrite=args.overwrite, log_every=args.log_every, family=args.family,
-            vae_from=args.vae_from,
+            vae_from=args.vae_from, unet_from=args.unet_from,
         )
     except InputError as error:
         print(f"error: {error}")

@@ -2,9 +2,10 @@
 
 A measurer is built with its options (`--measurer_arg key=value`), the run's device and the
 sliders' recorded prompts (`Measurer.create`), and measures images in batches (`measure`,
-`compare`). Each module of this package defines one measurer as its `MEASURER`; the registry is
-every module found here, so adding a measurer is adding one file (`shapes.py` is the smallest).
-Heavy libraries (transformers, lpips) are imported only when a measurer is built.
+`compare`). Each module of this package defines one measurer; `MEASURERS`, at the end of this
+file, is the one table of them, by the name `--measurer` takes, so adding a measurer is one file
+(`shapes.py` is the smallest) and one entry there, as `sliders.objectives.OBJECTIVES` lists the
+objectives. Heavy libraries (transformers, lpips) are imported only when a measurer is built.
 
 Also turns generated samples into measured rows (`measure_samples`), each compared with its
 reference: the image with every slider at 0 for the same prompt and seed. It does not generate
@@ -14,14 +15,12 @@ images and does not aggregate rows (see `report`, `quality`).
 from __future__ import annotations
 
 import abc
-import importlib
-import pkgutil
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from ...errors import InputError
-from ...sampling import Sample
+from ...generation import Sample
 
 if TYPE_CHECKING:
     import torch
@@ -126,20 +125,6 @@ def parse_measurer_args(entries: Sequence[str] | None) -> dict[str, str]:
             raise InputError(f"--measurer_arg {key} is given twice; give each option once")
         options[key] = value.strip()
     return options
-
-
-def _discover() -> dict[str, type[Measurer]]:
-    """Every `MEASURER` defined by a module of this package, by its `name`."""
-    found: dict[str, type[Measurer]] = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        measurer = getattr(module, "MEASURER", None)
-        if measurer is None:
-            continue
-        if not measurer.name or measurer.name in found:
-            raise RuntimeError(f"measurer module {info.name} has a MEASURER with no name or a name already taken")
-        found[measurer.name] = measurer
-    return found
 
 
 def measurer_class(name: Any) -> type[Measurer]:
@@ -310,13 +295,17 @@ def measure_samples(
 
 
 # Last, so that every name above is there for the measurer modules to import.
-MEASURERS: dict[str, type[Measurer]] = _discover()
+from .clip import ClipMeasurer  # noqa: E402
+from .shapes import ShapesMeasurer  # noqa: E402
 
-from .shapes import ShapesMeasurer  # noqa: E402  (re-exported; the registry found it above)
+# Every measurer, by its `name` (what `--measurer` takes). A new one: a module of this package with
+# a `Measurer` subclass, imported above and listed here.
+MEASURERS: dict[str, type[Measurer]] = {measurer.name: measurer for measurer in (ClipMeasurer, ShapesMeasurer)}
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "MEASURERS",
+    "ClipMeasurer",
     "Measurer",
     "ShapesMeasurer",
     "check_target",

@@ -244,5 +244,4 @@ def _texts(options: Mapping[str, str], slider_prompts: Sequence[Mapping[str, Any
     return positive.strip(), negative.strip(), source
 
 
-MEASURER = ClipMeasurer
 __all__ = ["ClipMeasurer", "LPIPS_NETS", "load_lpips"]

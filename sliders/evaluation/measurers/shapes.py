@@ -40,6 +40,3 @@ class ShapesMeasurer(Measurer):
             "centroid_shift": centroid_shift(measure(image_a), measure(image_b)),
             "outside_change": outside_change(image_a, image_b, mask),
         }
-
-
-MEASURER = ShapesMeasurer
