@@ -153,7 +153,7 @@ def check_resume_state(config: Config, point: ResumePoint) -> None:
     state of another network, is one line now instead of after the load. Where the UNet config cannot
     be read without loading the model (a single file, a hub id out of reach), only the file is read
     here, and `Checkpoints.restore` says the rest."""
-    from .export import meta_unet
+    from .convert import meta_unet
     from .models import read_unet_config
 
     parts = read_state(point)

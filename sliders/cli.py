@@ -615,7 +615,7 @@ def _convert(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
-    from .export import convert_slider, key_format_note
+    from .convert import convert_slider, key_format_note
 
     path = convert_slider(args.input, args.output, args.to, pretrained_model=args.pretrained_model)
     print(f"wrote {path} ({args.to} key format: {key_format_note(path, args.to)})")
@@ -650,12 +650,15 @@ def _export(argv: Sequence[str] | None) -> int:
     import json
     from pathlib import Path
 
-    from .export import (COMFYUI_SOURCE, a1111_text, check_output_file, check_steps, check_ui, check_ui_naming,
-                         comfyui_flux_workflow, comfyui_workflow, diffusers_snippet, forge_flux_text,
-                         read_checked_slider, recommended, resolution_for)
+    from .comfyui import COMFYUI_SOURCE, comfyui_flux_workflow, comfyui_workflow
+    from .convert import check_output_file, read_checked_slider
+    from .export import check_ui, check_ui_naming, recommended, resolution_for
     from .families import FLUX, SDXL, family_of_slider
-    from .formats import is_flux_file
     from .files import write_text_atomic
+    from .formats import is_flux_file
+    from .parsing import check_steps
+    from .snippets import diffusers_snippet
+    from .webui import a1111_text, forge_flux_text
 
     ui = check_ui(args.ui)
     path = Path(args.slider)

@@ -378,7 +378,7 @@ def _check(config: Config) -> Config:
         positive("data.folders_per_step", config.data.folders_per_step)
     positive("train.trajectory_reuse", train.trajectory_reuse)
     positive("train.pair_difference", train.pair_difference, strict=False)
-    at_most("train.pair_difference", train.pair_difference, 100.0, "weights of 1 to 10 are what was measured")
+    at_most("train.pair_difference", train.pair_difference, 100.0, "3 is the measured weight (docs/image-sliders.md)")
     at_most("train.iterations", train.iterations, MAX_ITERATIONS, "the paper trains 1000 steps")
     at_most("save.per_steps", save.per_steps, MAX_ITERATIONS,
             f"a value above train.iterations ({train.iterations}) already saves no step checkpoint")

@@ -101,7 +101,7 @@ def check_base_model(
     cannot be read without loading it (a single-file checkpoint, a hub id out of reach) is checked
     when it is loaded.
     """
-    from .export import meta_unet
+    from .convert import meta_unet
     from .models import missing_model, read_unet_config, resolve_model
 
     first = specs[0].path
