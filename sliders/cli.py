@@ -165,6 +165,8 @@ def _run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if "sliders.distributed" in sys.modules:  # only a command that set up processes has any to close
+            sys.modules["sliders.distributed"].finish()
 
 
 def parse_names(text: str, what: str) -> list[str]:
@@ -203,8 +205,8 @@ def _train(argv: Sequence[str] | None) -> int:
     from .models import parse_device
     from .prompts import expand_attributes, load_prompts, parse_attributes
     from .distributed import start as start_processes
-    from .trainer import (check_resolutions, check_training_inputs, open_run, text_prompts_record, text_resolutions,
-                          train_text_slider)
+    from .training_checks import check_resolutions, check_training_inputs
+    from .trainer import open_run, text_prompts_record, text_resolutions, train_text_slider
 
     config = load_config(args.config, {
         **_overrides(args),
@@ -223,7 +225,7 @@ def _train(argv: Sequence[str] | None) -> int:
     check_training_inputs(config)
     check_resolutions(config, text_resolutions(entries))
     processes = start_processes(device)
-    with processes.guard():  # an error in one process stops every process (README "Several GPUs")
+    with processes.guard():  # an error in one process stops every process (docs/distributed.md)
         run = open_run(config, text_prompts_record(entries), overwrite=args.overwrite, resume=args.resume) \
             if processes.is_main else None
         try:
@@ -261,7 +263,8 @@ def _train_images(argv: Sequence[str] | None) -> int:
     from .models import parse_device
     from .distributed import start as start_processes
     from .parsing import parse_scales
-    from .trainer import check_resolutions, check_training_inputs, image_prompts_record, open_run, train_image_slider
+    from .training_checks import check_resolutions, check_training_inputs
+    from .trainer import image_prompts_record, open_run, train_image_slider
 
     overrides = _overrides(args)
     overrides["data.folder_main"] = args.folder_main
@@ -284,7 +287,7 @@ def _train_images(argv: Sequence[str] | None) -> int:
     check_resolutions(config, [("--resolution" if args.resolution is not None else "prompts file key 'resolution'",
                                 entry.resolution)])
     processes = start_processes(device)
-    with processes.guard():  # an error in one process stops every process (README "Several GPUs")
+    with processes.guard():  # an error in one process stops every process (docs/distributed.md)
         run = open_run(config, image_prompts_record(pairs, entry), overwrite=args.overwrite, resume=args.resume) \
             if processes.is_main else None
         try:

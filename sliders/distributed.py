@@ -225,3 +225,14 @@ def start(device: torch.device | str) -> Processes:
     # accelerate names the CPU 'cpu:0' under several processes; it is the one CPU device.
     own = state.device if state.device.type != "cpu" else torch.device("cpu")
     return Processes(state.process_index, state.num_processes, own, state)
+
+
+def finish() -> None:
+    """Close a launched run's process group before the process exits.
+
+    Left open, gloo's communication threads can still be running when the interpreter shuts down, and
+    the process then aborts ("terminate called without an active exception"), which the launcher
+    reports as a failure of the whole run even though every result was written.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -37,7 +37,7 @@ from .grids import INPUT_LABEL, combination_label
 from .inversion import (CORRECTION_WARN, FLOW_INVERSIONS, VAE_WARN_DB, decode_latents, encode_conditioning,
                         encode_image, invert, invert_flow, invert_flow_guarded, invert_guarded, make_flow_schedule,
                         make_schedule, regenerate, regenerate_flow)
-from .models import Conditioning, time_ids
+from .diffusion import Conditioning, time_ids
 from .network import SliderNetwork
 from .outputs import GRID_NAME, distinct_stems, edit_name, kept_on_interrupt, owned_output, write_kept, write_png
 from .parsing import SliderSpec

@@ -22,7 +22,7 @@ import torch
 from .config import DEFAULT_START_NOISE, SAMPLE_STEPS
 from .distributed import SINGLE, Processes
 from .families import family_of_pipe
-from .models import vae_factor
+from .diffusion import vae_factor
 from .network import SliderNetwork
 from .parsing import check_prompts, check_resolution, check_scales, check_seeds, check_settings, check_size
 

@@ -58,7 +58,7 @@ from .data import to_pixels
 from .errors import InputError
 from .families import Family, family_of_pipe
 from .generation import multipliers_at, set_multipliers
-from .models import Conditioning, ddim_update, guided_noise, predict_noise
+from .diffusion import Conditioning, ddim_update, guided_noise, predict_noise
 from .network import SliderNetwork
 
 if TYPE_CHECKING:

@@ -500,7 +500,7 @@ class FlowTextObjective(Objective):
     `base + s * eta * (positive - negative)`, eta the entry's `guidance_scale`, optionally rescaled to the
     positive prediction's norm. The slider's velocity is regressed to it with MSE. The model is given the
     timestep of the sigma that produced x_t (`timesteps[k]`); the official code instead takes it from a
-    1000-step unshifted schedule at the index it drew, a different noise level (see the README).
+    1000-step unshifted schedule at the index it drew, a different noise level (docs/models.md, FLUX, "Timestep").
     """
 
     def __init__(self, entries, embeddings, model, scheduler, network: SliderNetwork, family: Family, *,

@@ -26,7 +26,7 @@ from .distributed import SINGLE, Processes
 from .errors import InputError
 from .families import Family, family_of_pipe
 from .grids import make_grid
-from .models import vae_factor
+from .diffusion import vae_factor
 from .network import SliderNetwork
 from .generation import generate
 

@@ -19,7 +19,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import DEFAULT_START_NOISE  # noqa: F401 (a slider file's recommendation, also read from here)
 from .errors import InputError
 from .families import SDXL, family_of_slider
 from .families.flux import split_kohya as flux_split_kohya
@@ -27,7 +26,7 @@ from .files import atomic_tensor_path
 from .lora import lora_name
 
 # What a slider file recommends to the UIs that use it, where training recorded nothing else: the
-# paper's SDEdit-style switch (`config.DEFAULT_START_NOISE`, imported here for the writers of files) and
+# paper's SDEdit-style switch (`config.DEFAULT_START_NOISE`) and
 # the scales sampled.
 DEFAULT_SCALES = (-2.0, -1.0, 0.0, 1.0, 2.0)
 # Files read as a torch pickle, always with weights_only=True: no code in them runs.

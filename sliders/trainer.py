@@ -45,7 +45,6 @@ from .runs import RunFolder, ResumePoint, prepare_run_folder
 from .outputs import write_png
 from .parsing import check_resolution
 from .stats import RunStats
-from .training_checks import check_resolutions, check_training_inputs  # noqa: F401 (for sliders.cli)
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""What is checked from files and configs before any model loads (README "Errors"): a slider that does
+"""What is checked from files and configs before any model loads (docs/errors.md): a slider that does
 not fit its base model and a recorded base model that is gone (sliders-sample, sliders-edit,
 sliders-eval), and a training state that cannot resume the run (--resume). Each is one line on stderr
 and exit code 2, and the model loader is never called."""

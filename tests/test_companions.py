@@ -8,7 +8,6 @@ import torch
 
 from sliders.cli import train_main
 from sliders.companions import Companions, parse_companion
-from sliders.errors import InputError
 from sliders.network import read_slider_file
 
 from conftest import cli_config_text

@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 
 # One thread per process, as `accelerate launch` sets for several CPU processes; MKL's conditional
-# numerical reproducibility, without which its results depend on memory alignment (README).
+# numerical reproducibility, without which its results depend on memory alignment (docs/distributed.md).
 ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_CBWR": "COMPATIBLE"}
 
 
@@ -47,7 +47,7 @@ TIMEOUT = 1800
 
 
 def launch(command: str, *args: str, processes: int = 2, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
-    """`accelerate launch --multi_gpu --num_processes N <sliders command> ...` as the README writes it."""
+    """`accelerate launch --multi_gpu --num_processes N <sliders command> ...` as docs/distributed.md writes it."""
     env = {**os.environ, **ENV}
     return subprocess.run(
         [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
@@ -165,7 +165,7 @@ def test_a_failure_in_one_process_stops_both_with_one_line(text_config, tmp_path
     other process, already loading the model, stops at its next meeting point instead of waiting."""
     assert train_main(["--config", str(text_config), "--device", "cpu"]) == 0
     result = launch("sliders-train", "--config", str(text_config), "--device", "cpu")
-    # The main process exits 2 (a bad input); accelerate's launcher turns any failed process into 1 (README).
+    # The main process exits 2 (a bad input); accelerate's launcher turns any failed process into 1 (docs/distributed.md).
     assert result.returncode == 1, result.stderr[-3000:]
     ours = [line for line in result.stderr.splitlines() if line.startswith(("error:", "training stopped:"))]
     assert len(ours) == 1 and "already exists" in ours[0], result.stderr[-3000:]

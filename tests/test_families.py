@@ -284,7 +284,6 @@ def test_sdxl_v_prediction_trains_text_and_image_sliders(tmp_path, images, slide
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 8])
 @pytest.mark.parametrize("guidance", [0.0, 1.0])
 def test_few_step_sampling_switches_at_the_first_step_at_or_below_start_noise(steps, guidance, sliders_home):
-    from sliders.models import load_pipeline
     from sliders.sampling import generate
 
     pipe = _few_step_pipe()

@@ -6,7 +6,6 @@ diffusers' own FluxPipeline with the same outputs as our hooks, kohya's fused FL
 exactly, the velocity target formulas, and bad input as one line.
 """
 
-import json
 
 import numpy as np
 import pytest

@@ -24,7 +24,7 @@ from ..config import DEFAULT_INVERSION, EDIT_START_NOISE, EVAL_STEPS, NULL_TEXT_
 from ..editing import Edited, EditImage, check_edit_settings, check_family_edit, edit_grid, edit_images
 from ..errors import InputError, OutputError
 from ..generation import Sample
-from ..models import time_ids
+from ..diffusion import time_ids
 from ..outputs import GRID_NAME, edit_name, kept_on_interrupt, owned_output, write_kept
 from ..planning import base_options_record, loaded, plan_run
 from ..shapes.world import SCENE_STYLES, SIZE_WORDS, render_dataset, styled

@@ -74,7 +74,7 @@ class Family:
                 ) -> torch.Tensor:
         """The denoiser's prediction for latents (B, C, h, w); `guidance` is a guidance embedding (FLUX-dev),
         unused by UNet families, which call `sliders.models.predict_noise`."""
-        from ..models import predict_noise
+        from ..diffusion import predict_noise
 
         return predict_noise(model, latents, timestep, cond)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from ..config import DEFAULT_START_NOISE
 from ..formats import SDXL_BASE_UNET_CONFIG
 from .base import Defaults, Family
@@ -29,12 +27,12 @@ class SDXLFamily(Family):
         return [pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2]
 
     def encode_prompts(self, tokenizers, encoders, prompts, clip_skip=None):
-        from ..models import encode_prompts
+        from ..diffusion import encode_prompts
 
         return encode_prompts(tokenizers, encoders, prompts, clip_skip)
 
     def time_ids(self, height, width, crop=(0, 0), original=None):
-        from ..models import time_ids
+        from ..diffusion import time_ids
 
         return time_ids(height, width, crop, original)
 
