@@ -41,7 +41,8 @@ for path in (REPO, REPO / "benchmarks"):
 
 from random_sdxl import build_random_sdxl  # noqa: E402
 
-from sliders import objectives, trainer  # noqa: E402
+from sliders import trainer  # noqa: E402
+from sliders.objectives import unet as objectives  # noqa: E402  (where the text objective looks up draw_step)
 from sliders.config import load_config  # noqa: E402
 from sliders.data import scan_pairs  # noqa: E402
 from sliders.models import conditioning, parse_device, predict_noise, time_ids, vae_factor  # noqa: E402

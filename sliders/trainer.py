@@ -4,7 +4,7 @@ Setup (seed, models, prompt embeddings, network, previews) and the loop (one obj
 predictions with backward inside the multiplier scope, optimizer and schedule steps, progress bar,
 logging, checkpoints at their steps); SIGINT/SIGTERM save a resumable checkpoint at the current
 step once a step is done, and before that stop at once, leaving the run folder as it was. What a
-step trains on comes from `objectives.py` (its `OBJECTIVES` table picks the objective); the
+step trains on comes from `objectives/` (its `OBJECTIVES` table picks the objective); the
 optimizer and LR schedule from `optim.py`; saving and resuming from `checkpoints.py`; TensorBoard
 and W&B from `loggers.py`; the checks made before any model loads from `training_checks.py`.
 """
