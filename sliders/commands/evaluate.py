@@ -8,11 +8,11 @@ from typing import Sequence
 
 from ..cli import _Parser, _setup_logging
 from ..errors import InputError
-from .images import generation_flags, generation_kwargs
+from .images import generation_flags, generation_kwargs, inversion_flags
 
 
 def evaluate(argv: Sequence[str] | None) -> int:
-    from ..config import DEFAULT_INVERSION, EVAL_STEPS, INVERSIONS, NULL_TEXT_ITERATIONS
+    from ..config import DEFAULT_INVERSION, EVAL_STEPS
 
     parser = _Parser(prog="sliders-eval", description="Measure sliders: attribute per scale, preservation, baseline.")
     generation_flags(parser, steps=EVAL_STEPS, output="evaluation", start_noise=None, slider_required=False)
@@ -46,10 +46,7 @@ def evaluate(argv: Sequence[str] | None) -> int:
     edits.add_argument("--scene_style", default="world",
                        help="world (drawn as the model was trained; default), ood (cycling through dark, tinted, "
                             "noise, blur, edge: inputs unlike the training data) or one of those styles")
-    edits.add_argument("--inversion", default=DEFAULT_INVERSION, choices=INVERSIONS,
-                       help=f"how the scenes are inverted (default {DEFAULT_INVERSION})")
-    edits.add_argument("--null_text_iterations", type=int, default=NULL_TEXT_ITERATIONS,
-                       help=f"null-text optimisation steps per timestep (default {NULL_TEXT_ITERATIONS})")
+    inversion_flags(edits, f"how the scenes are inverted (default {DEFAULT_INVERSION})")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 

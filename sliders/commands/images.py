@@ -41,6 +41,15 @@ def generation_flags(parser: _Parser, *, steps: int, output: str, start_noise: i
     add_verbose_flag(parser)
 
 
+def inversion_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, inversion_help: str) -> None:
+    """How real images are inverted (sliders-edit, sliders-eval --edit_scenes)."""
+    from ..config import DEFAULT_INVERSION, INVERSIONS, NULL_TEXT_ITERATIONS
+
+    parser.add_argument("--inversion", default=DEFAULT_INVERSION, choices=INVERSIONS, help=inversion_help)
+    parser.add_argument("--null_text_iterations", type=int, default=NULL_TEXT_ITERATIONS,
+                        help=f"null-text optimisation steps per timestep (default {NULL_TEXT_ITERATIONS})")
+
+
 def generation_kwargs(args: argparse.Namespace) -> dict:
     if getattr(args, "fused", False) and args.precision != "fp32":
         raise InputError(
@@ -89,7 +98,7 @@ def sample(argv: Sequence[str] | None) -> int:
 
 
 def edit(argv: Sequence[str] | None) -> int:
-    from ..config import DEFAULT_INVERSION, EDIT_GUIDANCE, EDIT_START_NOISE, EDIT_STEPS, INVERSIONS, NULL_TEXT_ITERATIONS
+    from ..config import DEFAULT_INVERSION, EDIT_GUIDANCE, EDIT_START_NOISE, EDIT_STEPS
 
     parser = _Parser(prog="sliders-edit",
                      description="Edit real images with sliders: invert each image, then regenerate it at each slider scale.")
@@ -101,10 +110,8 @@ def edit(argv: Sequence[str] | None) -> int:
     parser.add_argument("--prompt", action="append",
                         help="what the images show, e.g. 'photo of a person': once for all images or once per image, "
                              "in order (default empty)")
-    parser.add_argument("--inversion", default=DEFAULT_INVERSION, choices=INVERSIONS,
-                        help=f"how images are inverted (default {DEFAULT_INVERSION}; null-text is the official notebook's)")
-    parser.add_argument("--null_text_iterations", type=int, default=NULL_TEXT_ITERATIONS,
-                        help=f"null-text optimisation steps per timestep (default {NULL_TEXT_ITERATIONS})")
+    inversion_flags(parser, f"how images are inverted (default {DEFAULT_INVERSION}; null-text is the official "
+                            "notebook's)")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
 
