@@ -98,24 +98,42 @@ PRECISION_ALIASES = {
 }
 
 
+def flag(default: Any, name: str, help: str, **options: Any) -> Any:
+    """A config field with a command-line flag of the training commands (`sliders.commands.flags`).
+
+    `help` is the flag's --help text, in which `{key}` stands for the dotted config key and `{default}`
+    for the flag's default. `options` go to argparse as they are (`metavar`, `choices`, `action`,
+    `type`); an int or float field's flag takes that type and a bool field's is --x/--no-x, unless
+    `action` says otherwise. `parse="names"` or `parse="scales"` reads the flag's text as a comma
+    separated list of names or of slider scales. A flag that is not given leaves the key as the YAML
+    (or the default) has it.
+    """
+    return field(default=default, metadata={"flag": name, "help": help, **options})
+
+
 @dataclass(frozen=True)
 class PretrainedModelConfig:
-    name_or_path: str = BUILTIN_MODEL
+    name_or_path: str = flag(BUILTIN_MODEL, "--pretrained_model", "SDXL diffusers folder, hub id or single file")
     family: str | None = None  # sdxl, sd1, sd2; None: read from the model's files (sliders.families)
     v2: bool = False
     v_pred: bool = False
     clip_skip: int | None = None
     # FLUX.1 only: a single-file transformer (BFL naming, flux1-dev.safetensors) replacing name_or_path's;
     # the rest of the model and the transformer's config come from name_or_path (a folder or hub id).
-    transformer: str | None = None
-    quantize: str = "none"  # FLUX.1 only: the frozen transformer's block Linears in 8bit (LLM.int8) or 4bit (NF4)
+    transformer: str | None = flag(
+        None, "--transformer", "FLUX.1: a single-file transformer in BFL's naming (flux1-dev.safetensors) in place of "
+        "the base model's; the rest comes from the base model ({key})", metavar="FILE")
+    # FLUX.1 only: the frozen transformer's block Linears in 8bit (LLM.int8) or 4bit (NF4)
+    quantize: str = flag(
+        "none", "--quantize", "FLUX.1: the transformer's blocks in 8bit (LLM.int8) or 4bit (NF4) with bitsandbytes "
+        "(default {default}; {key})", choices=QUANTIZE_MODES, type=str.lower)
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
     type: str = "c3lier"
-    rank: int = 4
-    alpha: float = 1.0
+    rank: int = flag(4, "--rank", "LoRA rank ({key})")
+    alpha: float = flag(1.0, "--alpha", "LoRA alpha ({key})")
     training_method: str = "noxattn"
 
 
@@ -123,38 +141,54 @@ class NetworkConfig:
 class TrainConfig:
     precision: str = "bf16"
     noise_scheduler: str = "ddim"
-    iterations: int = 1000
-    lr: float = 2e-4
+    iterations: int = flag(1000, "--iterations", "training steps ({key})")
+    lr: float = flag(2e-4, "--lr", "learning rate ({key})")
     optimizer: str = "adamw"
     optimizer_args: str = ""
     lr_scheduler: str = "constant"
     max_denoising_steps: int = 50
-    seed: int = 0
+    seed: int = flag(0, "--seed", "random seed ({key})")
     bidirectional: bool = False
-    fused_denoising: bool = False
+    fused_denoising: bool = flag(
+        False, "--fused_denoising", "fold the slider into the UNet weights for the no-grad partial denoising ({key})")
     # Fast text-slider options (docs/training.md, "Fast text sliders"); the defaults are the faithful path.
-    fast: bool = False  # the recommended option: xk_max_steps FAST_XK_MAX_STEPS (late spacing)
-    xk_max_steps: int | None = None  # reach x_k in at most this many UNet calls (DDIM jumps)
-    xk_spacing: str = "late"  # those jumps shorten towards x_k ("late") or are equal ("even")
-    trajectory_reuse: int = 1  # one partial-denoising trajectory supplies x_k for this many steps
-    gradient_checkpointing: bool = False  # recompute UNet activations in the slider's backward
-    compile: bool = False  # torch.compile the UNet for the no-grad calls (partial denoising, frozen)
+    # fast: the recommended option, xk_max_steps FAST_XK_MAX_STEPS (late spacing)
+    fast: bool = flag(False, "--fast", f"the recommended fast option ({{key}}): each step's x_k in at most "
+                                       f"{FAST_XK_MAX_STEPS} UNet calls")
+    # reach x_k in at most this many UNet calls (DDIM jumps)
+    xk_max_steps: int | None = flag(
+        None, "--xk_max_steps", "reach each step's starting latents in at most this many UNet calls ({key})")
+    # those jumps shorten towards x_k ("late") or are equal ("even")
+    xk_spacing: str = flag("late", "--xk_spacing", "how those calls are spaced: shorter towards x_k (late, default) "
+                                                   "or equal ({key})", choices=XK_SPACINGS)
+    # one partial-denoising trajectory supplies x_k for this many steps
+    trajectory_reuse: int = flag(
+        1, "--trajectory_reuse", "one partial-denoising trajectory supplies this many steps ({key})")
+    gradient_checkpointing: bool = flag(
+        False, "--gradient_checkpointing", "recompute UNet activations in the slider's backward ({key})")
+    # torch.compile the UNet for the no-grad calls (partial denoising, frozen)
+    compile: bool = flag(
+        False, "--compile", "torch.compile the UNet for the no-grad partial denoising and frozen calls ({key})")
     # FLUX (flow-matching families) only:
     flow_steps: int | None = None  # partial-denoising schedule length; None: the family's sampling steps (30)
     flow_guidance: float | None = None  # guidance embedding when training; None: the family's sampling value (3.5)
     flow_target_rescale: bool = False  # rescale the target to the positive prediction's norm (official code)
     # Image sliders: weight of a term on the difference of two folders' predictions
     # (docs/image-sliders.md); 0 is the paper's loss.
-    pair_difference: float = 0.0
+    pair_difference: float = flag(
+        0.0, "--pair_difference", "add WEIGHT x the loss on two folders' prediction difference ({key}; default 0)",
+        metavar="WEIGHT")
     # Other sliders present while this one trains, each 'file' (scale 1) or 'file:0,1,2' (one scale drawn
     # per step; docs/training.md, "Composing sliders"); empty: the base model alone, as the paper.
-    with_sliders: tuple[str, ...] = ()
+    with_sliders: tuple[str, ...] = flag(
+        (), "--with_slider", "another slider present while this one trains, at one of SCALES per step (default 1); "
+        "repeatable ({key})", action="append", metavar="FILE[:SCALES]")
 
 
 @dataclass(frozen=True)
 class SaveConfig:
-    name: str = "slider"
-    path: str = "./models"
+    name: str = flag("slider", "--name", "slider name ({key})")
+    path: str = flag("./models", "--output_dir", "where run folders go ({key})")
     per_steps: int = 500
     precision: str = "fp32"
     key_format: str = "kohya"  # kohya's SDXL names (every UI maps them), "diffusers" or "peft"
@@ -177,15 +211,20 @@ class OtherConfig:
 class DataConfig:
     """Image-pair sliders only: where the paired folders are and the multiplier of each."""
 
-    folder_main: str = "."
-    folders: tuple[str, ...] = ()
-    scales: tuple[float, ...] = ()
+    folder_main: str = flag(".", "--folder_main", "folder holding the image sub-folders (default: current directory)")
+    folders: tuple[str, ...] = flag((), "--folders", "sub-folders, comma separated, e.g. 'low,high'", parse="names")
+    scales: tuple[float, ...] = flag((), "--scales", "one scale per folder, e.g. '-1,1' or '0.67,1,1.3,2'",
+                                     parse="scales")
     folders_per_step: int | None = None
     cache_latents: bool = True
-    captions: bool = False  # read folder_main/<stem>.txt and condition each pair on it
+    # read folder_main/<stem>.txt and condition each pair on it
+    captions: bool = flag(False, "--captions", "condition each pair on its caption, folder_main/<name>.txt (before "
+                                               "the entry's prompt)", action="store_true")
     # Draw the training step only where its timestep lies in [low, high] (docs/image-sliders.md);
     # None: the whole schedule, as the paper.
-    timestep_range: tuple[int, int] | None = None
+    timestep_range: tuple[int, int] | None = flag(
+        None, "--timestep_range", "train only at timesteps LOW..HIGH, e.g. 200,999 ({key}; default: all)",
+        metavar="LOW,HIGH")
 
 
 @dataclass(frozen=True)
@@ -198,8 +237,10 @@ class SampleConfig:
     (30, 3.5; `previews.preview_settings`).
     """
 
-    every: int = 0
-    prompts: tuple[str, ...] = ()
+    every: int = flag(0, "--sample_every", "preview grid every N steps and at the end, into samples/ ({key}; 0: off)",
+                      metavar="N")
+    prompts: tuple[str, ...] = flag((), "--sample_prompt", "preview prompt ({key}; repeatable; default: the slider's own)",
+                                    action="append", metavar="TEXT")
     seeds: tuple[int, ...] = (0,)
     scales: tuple[float, ...] = (-2.0, 0.0, 2.0)
     steps: int | None = None
@@ -210,7 +251,8 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class Config:
-    prompts_file: str | None = None
+    prompts_file: str | None = flag(None, "--prompts_file",
+                                    "YAML list of prompt entries (overrides {key} in the config)")
     pretrained_model: PretrainedModelConfig = field(default_factory=PretrainedModelConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -231,6 +273,24 @@ _SECTIONS = {
     "data": DataConfig,
     "sample": SampleConfig,
 }
+
+
+def config_field(key: str) -> dataclasses.Field:
+    """The field of a dotted config key ("train.lr")."""
+    section, _, name = key.rpartition(".")
+    fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section] if section else Config)}
+    return fields[name]
+
+
+def flagged_keys() -> list[str]:
+    """Every config key that has a command-line flag, in the order of the schema."""
+    keys = []
+    for top in dataclasses.fields(Config):
+        if top.name in _SECTIONS:
+            keys += [f"{top.name}.{f.name}" for f in dataclasses.fields(_SECTIONS[top.name]) if "flag" in f.metadata]
+        elif "flag" in top.metadata:
+            keys.append(top.name)
+    return keys
 
 
 def suggest(key: str, valid: list[str] | tuple[str, ...]) -> str:

@@ -3,10 +3,10 @@
 
 One parser or check of each, shared by `sliders-sample`, `sliders-eval`, `sliders-edit`, `sliders-export`
 and `sliders-train-images`: `parse_scales`/`check_scales` (scales as text or as numbers), `parse_seeds`/
-`check_seeds` (seeds, with ranges such as 0-31), `parse_slider_arg` (a slider file with its own scales),
-`check_steps`, `check_start_noise`, `check_resolution`. A bad value is an `InputError` naming the flag,
-the value and the fix. Nothing here reads a slider file, loads a model or uses torch: resolving a run's
-defaults from the slider files is `planning`'s.
+`check_seeds` (seeds, with ranges such as 0-31), `parse_names` (folder names), `parse_slider_arg` (a
+slider file with its own scales), `check_steps`, `check_start_noise`, `check_resolution`. A bad value is
+an `InputError` naming the flag, the value and the fix. Nothing here reads a slider file, loads a model
+or uses torch: resolving a run's defaults from the slider files is `planning`'s.
 """
 
 from __future__ import annotations
@@ -110,6 +110,14 @@ def parse_slider_arg(text: str) -> SliderSpec:
 # --------------------------------------------------------------------------------------------------
 # Seeds and prompts
 # --------------------------------------------------------------------------------------------------
+
+
+def parse_names(text: str, what: str) -> list[str]:
+    """Names separated by commas ('low,high'), at least one."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise InputError(f"{what} is empty; give names separated by commas")
+    return names
 
 
 def parse_seeds(text: str, what: str = "--seeds") -> list[int]:

@@ -1,10 +1,12 @@
 """Config and prompt files: official keys load, defaults fill in, bad keys are named with a fix."""
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
 
-from sliders.config import BUILTIN_MODEL, load_config, run_folder_name
+from sliders.config import BUILTIN_MODEL, config_field, flagged_keys, load_config, run_folder_name
 from sliders.errors import InputError
 from sliders.prompts import distinct_prompts, expand_attributes, load_prompts, make_entry, parse_attributes
 
@@ -233,3 +235,41 @@ def test_target_weights_far_apart_are_refused(tmp_path):
         load_prompts(str(path))
     path.write_text(path.read_text().replace("1000000000", "100"))
     assert len(load_prompts(str(path))) == 101
+
+
+def _docs_flag_table() -> dict[str, tuple[str, str]]:
+    """docs/training.md's table of training flags: flag -> (config key, command)."""
+    text = (Path(__file__).parent.parent / "docs" / "training.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(--\w+)` \| `([\w.]+)` \| (.+?) \|$", text, flags=re.MULTILINE)
+    return {flag: (key, command) for flag, key, command in rows}
+
+
+def test_the_docs_list_every_training_flag_with_its_key_and_command():
+    from sliders.commands.train import IMAGE_KEYS, IMAGE_OPTION_KEYS, TEXT_KEYS, _training_parser
+
+    common = _training_parser("sliders-train", "").config_keys
+    commands = {**{key: "both" for key in common}, **{key: "`sliders-train`" for key in TEXT_KEYS},
+                **{key: "`sliders-train-images`" for key in (*IMAGE_KEYS, *IMAGE_OPTION_KEYS)}}
+    generated = {config_field(key).metadata["flag"]: key for key in flagged_keys()}
+    table = _docs_flag_table()
+    assert set(table) == set(generated)
+    for flag, (key, command) in table.items():
+        assert key == generated[flag], flag
+        assert command.split(" (")[0] == commands[key], flag
+    assert set(commands) == set(flagged_keys())  # every flag is some training command's
+
+
+def test_generated_flags_give_overrides_only_when_given():
+    from sliders.cli import _Parser
+    from sliders.commands.flags import add_config_flags, config_overrides
+
+    parser = _Parser(prog="test")
+    add_config_flags(parser, flagged_keys())
+    assert set(config_overrides(parser, parser.parse_args([])).values()) == {None}
+    args = parser.parse_args(["--no-compile", "--lr", "0.001", "--quantize", "8BIT", "--folders", "a, b",
+                              "--scales", "-1,1", "--sample_prompt", "x", "--sample_prompt", "y", "--captions"])
+    overrides = {key: value for key, value in config_overrides(parser, args).items() if value is not None}
+    assert overrides == {"train.compile": False, "train.lr": 0.001, "pretrained_model.quantize": "8bit",
+                         "data.folders": ["a", "b"], "data.scales": (-1.0, 1.0), "sample.prompts": ["x", "y"],
+                         "data.captions": True}
+    assert load_config(None, overrides).data.folders == ("a", "b")
