@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sliders import objectives, trainer  # noqa: E402
+from sliders import trainer  # noqa: E402
+from sliders.objectives import unet as objectives  # noqa: E402  (where the text objective looks up denoise_states)
 from sliders.config import load_config  # noqa: E402
 from sliders.models import parse_device  # noqa: E402
 from sliders.network import load_slider  # noqa: E402
@@ -35,13 +36,15 @@ from sliders.prompts import load_prompts  # noqa: E402
 
 
 def _timed_denoise(times: list[float], calls: list[int]):
-    original = objectives.denoise_to
+    """The text objective's partial denoising (one trajectory to the drawn steps `stops`), timed, with
+    the deepest step it reached."""
+    original = objectives.denoise_states
 
-    def wrapper(unet, scheduler, latents, steps, *args, **kwargs):
+    def wrapper(unet, scheduler, latents, stops, *args, **kwargs):
         start = time.perf_counter()
-        result = original(unet, scheduler, latents, steps, *args, **kwargs)
+        result = original(unet, scheduler, latents, stops, *args, **kwargs)
         times.append(time.perf_counter() - start)
-        calls.append(steps)
+        calls.append(max(stops))
         return result
 
     return original, wrapper
@@ -71,11 +74,11 @@ def run(args) -> dict:
             for fused in (False, True):  # same random state for both paths
                 objective.fused_denoising = fused
                 original, wrapper = _timed_denoise(times[fused], calls[fused])
-                objectives.denoise_to = wrapper
+                objectives.denoise_states = wrapper
                 try:
                     terms = objective.step(random.Random(index), torch.Generator().manual_seed(index))
                 finally:
-                    objectives.denoise_to = original
+                    objectives.denoise_states = original
                 outputs[fused] = terms[0]
             hooked, fused_term = outputs[False], outputs[True]
             diffs.append(
