@@ -41,7 +41,7 @@ from .diffusion import Conditioning, time_ids
 from .network import SliderNetwork
 from .outputs import GRID_NAME, distinct_stems, edit_name, kept_on_interrupt, owned_output, write_kept, write_png
 from .parsing import SliderSpec
-from .planning import RunPlan, base_options_record, loaded, plan_run
+from .planning import GenerationSettings, RunPlan, base_options_record, loaded, plan_run
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -333,6 +333,12 @@ def check_edit_settings(method: Any, null_text_iterations: Any) -> str:
     return method
 
 
+def check_unfused(settings: GenerationSettings) -> None:
+    """Edits regenerate with the sliders beside the denoiser's layers: `fused` is for generated images."""
+    if settings.fused:
+        raise InputError("--fused is for generated images; edits leave it off")
+
+
 @dataclass
 class EditRun:
     """What `run_editing` wrote."""
@@ -349,35 +355,23 @@ def run_editing(
     scales: Sequence[float] | str | None,
     *,
     prompt: str | Sequence[str] = "",
-    output: str | Path,
+    settings: GenerationSettings,
     method: str = DEFAULT_INVERSION,
-    start_noise: float = EDIT_START_NOISE,
-    steps: int = EDIT_STEPS,
-    guidance_scale: float | None = EDIT_GUIDANCE,
-    pretrained_model: str | None = None,
-    device: str | None = None,
-    precision: str = "fp32",
-    resolution: int | None = None,
-    negative_prompt: str = "",
     null_text_iterations: int = NULL_TEXT_ITERATIONS,
-    transformer: str | Path | None = None,
-    quantize: str = "none",
 ) -> EditRun:
     """Check everything, load the base model once, edit every image at every scale combination and
     write the images, `grid.png` (input first) and `edits.json`. `prompt` is one text for every image
-    or one per image, in order; it may be empty. `guidance_scale` None is EDIT_GUIDANCE, on a flow
-    model (FLUX) its family's guidance embedding (3.5); `transformer` and `quantize` (FLUX.1) are
-    `planning.plan_run`'s."""
+    or one per image, in order; it may be empty. Of `settings` (`planning.plan_run`'s, without
+    `fused`), `steps` None is EDIT_STEPS, `start_noise` None EDIT_START_NOISE and `guidance_scale`
+    None EDIT_GUIDANCE, on a flow model (FLUX) its family's guidance embedding (3.5)."""
     method = check_edit_settings(method, null_text_iterations)
+    check_unfused(settings)
     paths = check_image_files(images)
     prompts = image_prompts(prompt, len(paths))
-    plan = plan_run(
-        specs, scales, prompts, (0,), output=output, start_noise=start_noise, steps=steps,
-        guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
-        resolution=resolution, negative_prompt=negative_prompt, transformer=transformer, quantize=quantize,
-    )
+    settings = settings.with_defaults(steps=EDIT_STEPS, start_noise=EDIT_START_NOISE)
+    plan = plan_run(specs, scales, prompts, (0,), settings=settings)
     check_family_edit(plan, method)
-    if guidance_scale is None and not plan.family.flow_matching:
+    if settings.guidance_scale is None and not plan.family.flow_matching:
         plan = dataclasses.replace(plan, guidance_scale=EDIT_GUIDANCE)
     names = distinct_stems(paths)
     slider_names = plan.slider_names
@@ -391,20 +385,20 @@ def run_editing(
         written.append(write_kept(sample.image, plan.output / name, made[:-1]))
 
     grid_path, report_path = plan.output / GRID_NAME, plan.output / REPORT_NAME
-    settings = {
-        "inversion": method, "prompts": list(prompts), "negative_prompt": negative_prompt, "steps": plan.steps,
+    recorded = {
+        "inversion": method, "prompts": list(prompts), "negative_prompt": plan.negative_prompt, "steps": plan.steps,
         "start_noise": plan.start_noise, "guidance_scale": plan.guidance_scale, "resolution": plan.resolution,
         "precision": plan.precision, "model": plan.model, **base_options_record(plan),
         "sliders": [{"name": n, "path": str(s.path), "scales": list(v)}
                     for n, s, v in zip(slider_names, plan.specs, plan.scale_lists)],
     }
     if method == "null-text":
-        settings["null_text_iterations"] = null_text_iterations
+        recorded["null_text_iterations"] = null_text_iterations
     def write_finished() -> None:
         """On an interruption: the grid and report of the images whose every edit was made."""
         if results:
             write_png(edit_grid(results, slider_names), grid_path)
-            write_json(edit_report(results, settings), report_path)
+            write_json(edit_report(results, recorded), report_path)
 
     with owned_output(plan.output, True), kept_on_interrupt(made, slider_names, plan.output, grid_path, write_finished):
         with loaded(plan) as (pipe, sliders):
@@ -414,5 +408,5 @@ def run_editing(
                         negative_prompt=plan.negative_prompt, null_text_iterations=null_text_iterations,
                         on_edit=results.append, on_sample=keep)
         write_kept(edit_grid(results, slider_names), grid_path, made)
-        write_json(edit_report(results, settings), report_path)
+        write_json(edit_report(results, recorded), report_path)
     return EditRun(written, grid_path, report_path, results)

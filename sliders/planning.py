@@ -5,8 +5,9 @@ themselves (`check_slider_file`), that they fit the base model (`check_base_mode
 weights), FLUX.1's `--transformer` and `--quantize` (`check_base_options`), and the defaults a slider
 records (base model, resolution, start_noise, guidance). `loaded` then loads the base model once,
 checks the resolution against its VAE and attaches the sliders. `sliders-sample`, `sliders-eval` and
-`sliders-edit` all start this way. It parses no text (see `parsing`), generates nothing (see
-`generation`), writes nothing (see `outputs`) and loads models only through `models`.
+`sliders-edit` all start this way, from the flags they share held once in a `GenerationSettings`. It
+parses no text (see `parsing`), generates nothing (see `generation`), writes nothing (see `outputs`)
+and loads models only through `models`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import logging
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -157,26 +158,56 @@ class RunPlan:
     quantize: str = "none"  # FLUX.1: the transformer's block Linears in 8bit or 4bit (--quantize)
 
 
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How a run makes its images and where it writes them: the flags sliders-sample, sliders-eval and
+    sliders-edit share (`commands.images.generation_settings` builds it from them). A field left None
+    takes the run's own default (`with_defaults`; each run function names its).
+
+    `output` the folder the run writes into; `start_noise` the timestep above which the sliders are off
+    (None: the first slider's recorded value, else its family's); `steps` the denoising steps;
+    `guidance_scale` classifier-free guidance, on FLUX.1 its guidance embedding (None: the first
+    slider's family's); `pretrained_model` the base model (None: the one the first slider records);
+    `device` cpu, cuda, cuda:1 or a GPU index (None: the first GPU, else the CPU); `precision` the
+    model dtype, fp32, fp16 or bf16; `resolution` the image size (None: the first slider's training
+    resolution, else its family's); `negative_prompt` the negative prompt (none on FLUX.1);
+    `transformer` FLUX.1 only, a single-file transformer replacing the model's; `quantize` FLUX.1
+    only, the transformer's block Linears in none, 8bit or 4bit; `fused` the sliders folded into the
+    denoiser's weights while they are on (sampling and evaluation only, fp32 only).
+    """
+
+    output: str | Path
+    start_noise: float | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    pretrained_model: str | None = None
+    device: str | None = None
+    precision: str = "fp32"
+    resolution: int | None = None
+    negative_prompt: str = ""
+    transformer: str | Path | None = None
+    quantize: str = "none"
+    fused: bool = False
+
+    def with_defaults(self, *, steps: int, start_noise: float | None = None) -> GenerationSettings:
+        """These settings with a run's own `steps` and `start_noise` where they were left None (a
+        `start_noise` still None is `plan_run`'s: the slider's recorded value, else its family's)."""
+        return replace(self, steps=steps if self.steps is None else self.steps,
+                       start_noise=start_noise if self.start_noise is None else self.start_noise)
+
+
 def plan_run(
     specs: Sequence[SliderSpec] | SliderSpec,
     scales: Sequence[float] | str | None,
     prompts: Sequence[str],
     seeds: Sequence[int],
     *,
-    output: str | Path,
-    start_noise: float | None,
-    steps: int,
-    guidance_scale: float | None,
-    pretrained_model: str | None,
-    device: str | None,
-    precision: str,
-    resolution: int | None,
-    negative_prompt: str,
-    transformer: str | Path | None = None,
-    quantize: str = "none",
+    settings: GenerationSettings,
 ) -> RunPlan:
     """Check every input of a run and resolve its defaults, without loading any model.
 
+    `settings` holds the run's generation settings, its own defaults already in place
+    (`GenerationSettings.with_defaults`); `settings.fused` is the run's to check (`check_fused`).
     Reads each slider file's metadata (an InputError when one is missing or unreadable); a slider
     without its own scales uses `scales`. The base model and resolution default to those recorded
     in the first slider's metadata (`sliders_base_model`, `sliders_resolution`; else its family's sample
@@ -208,16 +239,18 @@ def plan_run(
     )
     prompts = check_prompts(prompts)
     seeds = check_seeds(seeds)
-    start_noise, guidance_scale = family_settings(metadatas[0], start_noise, guidance_scale)
-    steps, start_noise_value, guidance = check_settings(steps, start_noise, guidance_scale)
+    start_noise, guidance_scale = family_settings(metadatas[0], settings.start_noise, settings.guidance_scale)
+    steps, start_noise_value, guidance = check_settings(settings.steps, start_noise, guidance_scale)
+    negative_prompt, precision = settings.negative_prompt, settings.precision
     if not isinstance(negative_prompt, str):
         raise InputError(f"--negative_prompt must be text, got {negative_prompt!r}")
     if not isinstance(precision, str) or precision.lower() not in PRECISION_ALIASES:
         raise InputError(f"--precision {precision!r} is unknown; choose fp32, fp16 or bf16")
     precision = PRECISION_ALIASES[precision.lower()]
-    torch_device = parse_device(device)
+    torch_device = parse_device(settings.device)
 
     first = specs[0].path
+    pretrained_model = settings.pretrained_model
     model = pretrained_model or metadatas[0].get("sliders_base_model")
     if not model:
         raise InputError(f"slider file '{first}' does not record its base model; pass --pretrained_model")
@@ -226,6 +259,7 @@ def plan_run(
             other = metadata.get("sliders_base_model")
             if other and other != model:
                 logger.warning("slider '%s' was trained on %s, not %s; it may not fit", spec.path, other, model)
+    resolution = settings.resolution
     if resolution is None:
         recorded = recorded_resolution(metadatas[0], first)
         default = (family_of_slider(metadatas[0]) or SDXL).defaults.sample_resolution
@@ -233,7 +267,7 @@ def plan_run(
         logger.debug("resolution %d (from slider metadata or the default)", resolution)
     check_multiple(resolution, 8, "--resolution")
 
-    output = Path(output)
+    output = Path(settings.output)
     try:
         occupied = output.exists() and not output.is_dir()
     except OSError:  # a name too long, say: `check_output_folder` says so before the model loads
@@ -247,8 +281,8 @@ def plan_run(
         if negative_prompt:  # FluxPipeline would drop it without a word
             raise InputError(f"--negative_prompt has no effect on {family.label} (it has no classifier-free "
                              "guidance); remove it")
-    transformer_path, quantize = check_base_options(model, family, transformer, quantize, torch_device,
-                                                    DTYPES[precision])
+    transformer_path, quantize = check_base_options(model, family, settings.transformer, settings.quantize,
+                                                    torch_device, DTYPES[precision])
     return RunPlan(
         specs=specs,
         scale_lists=scale_lists,

@@ -25,16 +25,16 @@ from .outputs import (GRID_NAME, check_output_folder, distinct_stems, image_name
                       write_kept, write_png)
 from .parsing import (SliderSpec, check_prompts, check_resolution, check_scales, check_seeds, parse_scales,
                       parse_slider_arg)
-from .planning import (RunPlan, base_options_record, check_base_model, check_base_options, check_fused,
-                       check_slider_file, family_settings, loaded, plan_run, read_vae_factor)
+from .planning import (GenerationSettings, RunPlan, base_options_record, check_base_model, check_base_options,
+                       check_fused, check_slider_file, family_settings, loaded, plan_run, read_vae_factor)
 
 # `run_sampling`, and the names callers imported from here before the split (and before `grids`).
 __all__ = [
-    "GRID_NAME", "ROW_LABEL_WIDTH", "RunPlan", "Sample", "SliderSpec", "base_options_record", "check_base_model",
-    "check_base_options", "check_fused", "check_output_folder", "check_prompts", "check_resolution", "check_scales",
-    "check_seeds", "check_slider_file", "combination_label", "distinct_stems", "drawable", "family_settings",
-    "generate", "image_name", "initial_latents", "kept_on_interrupt", "loaded", "make_grid",
-    "multipliers_at", "owned_output", "parse_scales", "parse_slider_arg", "plan_run", "read_vae_factor",
+    "GRID_NAME", "ROW_LABEL_WIDTH", "GenerationSettings", "RunPlan", "Sample", "SliderSpec", "base_options_record",
+    "check_base_model", "check_base_options", "check_fused", "check_output_folder", "check_prompts",
+    "check_resolution", "check_scales", "check_seeds", "check_slider_file", "combination_label", "distinct_stems",
+    "drawable", "family_settings", "generate", "image_name", "initial_latents", "kept_on_interrupt", "loaded",
+    "make_grid", "multipliers_at", "owned_output", "parse_scales", "parse_slider_arg", "plan_run", "read_vae_factor",
     "run_sampling", "set_multipliers", "write_kept", "write_png",
 ]
 
@@ -50,33 +50,18 @@ def run_sampling(
     prompts: Sequence[str],
     seeds: Sequence[int],
     *,
-    output: str | Path,
-    start_noise: float | None = None,
-    steps: int = SAMPLE_STEPS,
-    guidance_scale: float | None = None,
-    pretrained_model: str | None = None,
-    device: str | None = None,
-    precision: str = "fp32",
-    resolution: int | None = None,
-    negative_prompt: str = "",
-    fused: bool = False,
-    transformer: str | Path | None = None,
-    quantize: str = "none",
+    settings: GenerationSettings,
 ) -> tuple[list[Path], Path]:
     """Validate everything, load the base model once, sample and write the images and `grid.png`.
 
-    The base model, resolution and start_noise default to those recorded in the first slider's metadata,
-    else its family's, and so does guidance_scale (`planning.plan_run`). On FLUX.1,
-    `transformer` and `quantize` are `plan_run`'s. Returns the image paths (in generation order)
-    and the grid's path.
+    `settings.steps` None is SAMPLE_STEPS; the base model, resolution and start_noise left None are
+    those recorded in the first slider's metadata, else its family's, and so is guidance_scale
+    (`planning.plan_run`). Returns the image paths (in generation order) and the grid's path.
     """
     # Everything the user gave is checked before any model is loaded.
-    plan = plan_run(
-        specs, scales, prompts, seeds, output=output, start_noise=start_noise, steps=steps,
-        guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
-        resolution=resolution, negative_prompt=negative_prompt, transformer=transformer, quantize=quantize,
-    )
-    check_fused(fused, plan)
+    settings = settings.with_defaults(steps=SAMPLE_STEPS)
+    plan = plan_run(specs, scales, prompts, seeds, settings=settings)
+    check_fused(settings.fused, plan)
     # Under `accelerate launch` each process makes its share of the images on its own device; the
     # main process writes them all (`generate` gathers them).
     processes = start_processes(plan.device)
@@ -107,7 +92,7 @@ def run_sampling(
                 height=plan.resolution,
                 width=plan.resolution,
                 negative_prompt=plan.negative_prompt,
-                fused=fused,
+                fused=settings.fused,
                 on_sample=keep,
                 processes=processes,
             )

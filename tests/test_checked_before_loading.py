@@ -14,7 +14,7 @@ from sliders.config import BUILTIN_MODEL, TINY_MODEL
 from sliders.export import meta_unet
 from sliders.models import read_unet_config
 from sliders.network import SliderNetwork
-from sliders.sampling import SliderSpec, plan_run
+from sliders.sampling import GenerationSettings, SliderSpec, plan_run
 from test_cli import _error_line
 from test_runs import RUN, _config, _Stop, _stop_at
 
@@ -132,9 +132,10 @@ def test_a_model_whose_layout_is_known_only_once_loaded_is_matched_then_in_the_s
 def test_the_fit_check_passes_a_fitting_slider_and_leaves_the_random_state_alone(tmp_path):
     slider = _slider(tmp_path / "age.safetensors", TINY_MODEL, TINY_MODEL)
     before = torch.get_rng_state()
-    plan = plan_run([SliderSpec(slider, None)], "-1,1", ["x"], [0], output=tmp_path / "out", start_noise=750, steps=2,
-                    guidance_scale=5.0, pretrained_model=None, device="cpu", precision="fp32", resolution=None,
-                    negative_prompt="")
+    settings = GenerationSettings(output=tmp_path / "out", start_noise=750, steps=2, guidance_scale=5.0,
+                                  pretrained_model=None, device="cpu", precision="fp32", resolution=None,
+                                  negative_prompt="")
+    plan = plan_run([SliderSpec(slider, None)], "-1,1", ["x"], [0], settings=settings)
     assert plan.model == TINY_MODEL and torch.equal(torch.get_rng_state(), before)
 
 

@@ -14,6 +14,7 @@ from sliders.config import BUILTIN_MODEL
 from sliders.errors import InputError
 from sliders.evaluation.edits import rendered_scenes, run_edit_evaluation
 from sliders.models import load_pipeline
+from sliders.planning import GenerationSettings
 from sliders.network import SliderNetwork
 
 SIZE = 64
@@ -43,8 +44,8 @@ def test_rendered_scenes_are_medium_and_deterministic():
 
 def test_edit_evaluation_reports_the_slider_the_baseline_and_the_reconstruction(slider_file, tmp_path):
     out = tmp_path / "eval"
-    paths = run_edit_evaluation(slider_file, "-1,0,1", scenes=3, output=out, steps=4, baseline_replace="medium=large",
-                                images=True, device="cpu")
+    paths = run_edit_evaluation(slider_file, "-1,0,1", scenes=3, baseline_replace="medium=large", images=True,
+                                settings=GenerationSettings(output=out, steps=4, device="cpu"))
     report = json.loads(paths["json"].read_text())
     assert report["settings"]["edit"]["inversion"] == "guarded" and report["settings"]["start_noise"] == 500
     assert [c["multipliers"] for c in report["combinations"]] == [[-1.0], [0.0], [1.0]]
@@ -80,8 +81,9 @@ def no_model_load(inject_loader):
 def test_bad_inputs_are_refused_before_the_model_loads(no_model_load, slider_file, tmp_path, change, message):
     kwargs = dict(scales="-1,0,1", scenes=2, output=tmp_path / "out", steps=2)
     kwargs.update(change)
+    settings = GenerationSettings(output=kwargs.pop("output"), steps=kwargs.pop("steps"))
     with pytest.raises(InputError, match=message):
-        run_edit_evaluation(slider_file, kwargs.pop("scales"), **kwargs)
+        run_edit_evaluation(slider_file, kwargs.pop("scales"), **kwargs, settings=settings)
     assert not (tmp_path / "out").exists()
 
 

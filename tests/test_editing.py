@@ -32,6 +32,7 @@ from sliders.editing import (
 )
 from sliders.errors import InputError
 from sliders.models import load_pipeline
+from sliders.planning import GenerationSettings
 from sliders.network import SliderNetwork
 from sliders.sampling import SliderSpec, distinct_stems
 from sliders.shapes.world import render_dataset
@@ -298,8 +299,8 @@ def inputs(tmp_path):
 
 def test_run_editing_writes_every_edit_a_grid_with_the_input_first_and_a_report(slider_file, inputs, tmp_path):
     out = tmp_path / "out"
-    run = run_editing(inputs, [SliderSpec(slider_file, None)], (-2.0, 0.0, 2.0), prompt="", output=out, steps=2,
-                      device="cpu")
+    run = run_editing(inputs, [SliderSpec(slider_file, None)], (-2.0, 0.0, 2.0), prompt="",
+                      settings=GenerationSettings(output=out, steps=2, device="cpu"))
     names = sorted(path.name for path in run.images)
     assert names == sorted(f"{stem}_age{scale}.png" for stem in ("photo", "photo_2") for scale in ("-2", "+0", "+2"))
     assert all(path.is_file() for path in run.images)
@@ -350,8 +351,9 @@ def test_bad_inputs_are_refused_before_the_model_loads(no_model_load, slider_fil
     kwargs.update(change)
     kwargs["images"] = [tmp_path / p if isinstance(p, str) else p for p in kwargs["images"]]
     images, specs, scales = kwargs.pop("images"), kwargs.pop("specs"), kwargs.pop("scales")
+    settings = {name: kwargs.pop(name) for name in list(kwargs) if name in GenerationSettings.__dataclass_fields__}
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
-        run_editing(images, specs, scales, **kwargs)
+        run_editing(images, specs, scales, **kwargs, settings=GenerationSettings(**settings))
     assert not (tmp_path / "out").exists()
 
 
@@ -389,7 +391,8 @@ def test_an_interrupted_run_keeps_the_finished_images_with_their_grid_and_report
     monkeypatch.setattr(editing, "regenerate", interrupted_on_the_fourth)
     out = tmp_path / "out"
     with pytest.raises(Interrupted, match="kept 3 images"):
-        run_editing(inputs, [SliderSpec(slider_file, None)], (-2.0, 0.0, 2.0), output=out, steps=2, device="cpu")
+        run_editing(inputs, [SliderSpec(slider_file, None)], (-2.0, 0.0, 2.0),
+                    settings=GenerationSettings(output=out, steps=2, device="cpu"))
     assert sorted(p.name for p in out.glob("*.png")) == ["grid.png", "photo_age+0.png", "photo_age+2.png",
                                                          "photo_age-2.png"]
     assert [row["name"] for row in json.loads((out / "edits.json").read_text())["images"]] == ["photo"]

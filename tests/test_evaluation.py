@@ -20,6 +20,7 @@ from sliders.config import TINY_MODEL
 from sliders.errors import InputError
 from sliders.evaluation import (
     MEASURERS,
+    GenerationSettings,
     Measurer,
     ShapesMeasurer,
     average_ranks,
@@ -398,8 +399,10 @@ def test_run_evaluation_validates_before_loading(slider_file, tmp_path, no_model
         "output": tmp_path / "out",
     }
     arguments.update(changes)
+    settings = {name: arguments.pop(name) for name in list(arguments)
+                if name in GenerationSettings.__dataclass_fields__}
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        run_evaluation(**arguments)
+        run_evaluation(**arguments, settings=GenerationSettings(**settings))
     assert not (tmp_path / "out").exists()
 
 
@@ -412,8 +415,9 @@ def test_run_evaluation_end_to_end(tiny_pipe, slider_file, tmp_path, inject_load
 
     inject_loader(load)
     paths = run_evaluation(
-        [f"{slider_file}:-1,1"], None, ["a medium red circle"], "0", output=tmp_path / "out",
-        baseline_replace=["medium=large"], start_noise=1000, steps=2, device="cpu", images=True,
+        [f"{slider_file}:-1,1"], None, ["a medium red circle"], "0",
+        settings=GenerationSettings(output=tmp_path / "out", start_noise=1000, steps=2, device="cpu"),
+        baseline_replace=["medium=large"], images=True,
     )
     assert loads == [TINY_MODEL]
     # The sliders were detached again: the shared UNet has no hooks left.

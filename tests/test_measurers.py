@@ -364,9 +364,10 @@ def test_eval_compare_puts_sliders_side_by_side(shapes_sliders, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["plot.png", "report.json", "report.md"]
     assert "| grow | 1 |" in (out / "report.md").read_text()
     with pytest.raises(InputError, match="at least two"):
-        from sliders.evaluation import run_evaluation
+        from sliders.evaluation import GenerationSettings, run_evaluation
 
-        run_evaluation(str(shapes_sliders[0]), "-1,0,1", ["a"], [0], output=tmp_path / "x", compare=True)
+        run_evaluation(str(shapes_sliders[0]), "-1,0,1", ["a"], [0], settings=GenerationSettings(output=tmp_path / "x"),
+                       compare=True)
 
 
 def test_eval_measures_a_sliders_edit_folder_against_its_inputs(shapes_sliders, tiny_clip, tmp_path):

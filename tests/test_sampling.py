@@ -24,6 +24,7 @@ from sliders.network import SliderNetwork, load_slider
 from sliders.sampling import (
     GRID_NAME,
     ROW_LABEL_WIDTH,
+    GenerationSettings,
     Sample,
     SliderSpec,
     generate,
@@ -395,7 +396,8 @@ def test_run_sampling_end_to_end(slider_files, tmp_path):
     age, smile = slider_files
     out = tmp_path / "out"
     specs = [SliderSpec(age, None), SliderSpec(smile, (0.0, 1.5))]
-    images, grid_path = run_sampling(specs, [-2.0, 2.0], [PROMPT, "a dog"], [7], output=out, steps=1, device="cpu")
+    images, grid_path = run_sampling(specs, [-2.0, 2.0], [PROMPT, "a dog"], [7],
+                                     settings=GenerationSettings(output=out, steps=1, device="cpu"))
     assert len(images) == 2 * 2 * 2
     assert grid_path == out / GRID_NAME
     assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in images] + [GRID_NAME])
@@ -411,7 +413,8 @@ def test_run_sampling_end_to_end(slider_files, tmp_path):
 
 def test_run_sampling_missing_slider_fails_before_loading(no_model_load, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        run_sampling([SliderSpec(tmp_path / "nope.safetensors", None)], [1.0], [PROMPT], [0], output=tmp_path / "o")
+        run_sampling([SliderSpec(tmp_path / "nope.safetensors", None)], [1.0], [PROMPT], [0],
+                     settings=GenerationSettings(output=tmp_path / "o"))
     assert not (tmp_path / "o").exists()
 
 
@@ -438,7 +441,8 @@ def test_run_sampling_validates_before_loading(no_model_load, slider_files, tmp_
     args = {"scales": [1.0], "prompts": [PROMPT], "seeds": [0], "output": tmp_path / "o", **change}
     with pytest.raises(InputError) as error:
         spec = SliderSpec(slider_files[0], None)
-        run_sampling([spec], args.pop("scales"), args.pop("prompts"), args.pop("seeds"), **args)
+        run_sampling([spec], args.pop("scales"), args.pop("prompts"), args.pop("seeds"),
+                     settings=GenerationSettings(**args))
     assert "\n" not in str(error.value)
 
 
@@ -446,21 +450,24 @@ def test_run_sampling_rejects_non_safetensors_and_file_output(no_model_load, sli
     pickle_like = tmp_path / "age.ckpt"
     pickle_like.write_bytes(b"not a slider")
     with pytest.raises(InputError, match="safetensors"):
-        run_sampling([SliderSpec(pickle_like, None)], [1.0], [PROMPT], [0], output=tmp_path / "o")
+        run_sampling([SliderSpec(pickle_like, None)], [1.0], [PROMPT], [0],
+                     settings=GenerationSettings(output=tmp_path / "o"))
     garbage = tmp_path / "bad.safetensors"
     garbage.write_bytes(b"\x00" * 16)
     with pytest.raises(InputError, match="readable"):
-        run_sampling([SliderSpec(garbage, None)], [1.0], [PROMPT], [0], output=tmp_path / "o")
+        run_sampling([SliderSpec(garbage, None)], [1.0], [PROMPT], [0],
+                     settings=GenerationSettings(output=tmp_path / "o"))
     a_file = tmp_path / "taken"
     a_file.write_text("x")
     with pytest.raises(InputError, match="not a folder"):
-        run_sampling([SliderSpec(slider_files[0], None)], [1.0], [PROMPT], [0], output=a_file)
+        run_sampling([SliderSpec(slider_files[0], None)], [1.0], [PROMPT], [0],
+                     settings=GenerationSettings(output=a_file))
 
 
 def test_run_sampling_needs_a_base_model(no_model_load, pipe, tmp_path):
     path = _make_slider_file(pipe, tmp_path / "anon.safetensors", 3, metadata={})
     with pytest.raises(InputError, match="--pretrained_model"):
-        run_sampling([SliderSpec(path, None)], [1.0], [PROMPT], [0], output=tmp_path / "o")
+        run_sampling([SliderSpec(path, None)], [1.0], [PROMPT], [0], settings=GenerationSettings(output=tmp_path / "o"))
 
 
 def test_run_sampling_slider_that_does_not_fit(slider_files, tmp_path):
@@ -476,7 +483,8 @@ def test_run_sampling_slider_that_does_not_fit(slider_files, tmp_path):
         metadata=META,
     )
     with pytest.raises(InputError, match="lacks"):
-        run_sampling([SliderSpec(foreign, None)], [1.0], [PROMPT], [0], output=tmp_path / "o", steps=1)
+        run_sampling([SliderSpec(foreign, None)], [1.0], [PROMPT], [0],
+                     settings=GenerationSettings(output=tmp_path / "o", steps=1))
     # A key that exists but with the wrong shape.
     from safetensors.torch import load_file
 
@@ -486,7 +494,8 @@ def test_run_sampling_slider_that_does_not_fit(slider_files, tmp_path):
     misfit = tmp_path / "misfit.safetensors"
     save_file(tensors, str(misfit), metadata=META)
     with pytest.raises(InputError, match="shape"):
-        run_sampling([SliderSpec(misfit, None)], [1.0], [PROMPT], [0], output=tmp_path / "o2", steps=1)
+        run_sampling([SliderSpec(misfit, None)], [1.0], [PROMPT], [0],
+                     settings=GenerationSettings(output=tmp_path / "o2", steps=1))
     assert not (tmp_path / "o").exists() and not (tmp_path / "o2").exists()
 
 

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from ..cli import _Parser, _setup_logging
 from ..errors import InputError
-from .images import generation_flags, generation_kwargs, inversion_flags
+from .images import generation_flags, generation_settings, inversion_flags
 
 
 def evaluate(argv: Sequence[str] | None) -> int:
@@ -76,16 +76,15 @@ def evaluate(argv: Sequence[str] | None) -> int:
         baseline_prompts=baseline,
         baseline_replace=args.baseline_replace,
         images=args.save_images,
-        **generation_kwargs(args),
+        settings=generation_settings(args),
     )
     print(f"wrote {paths['markdown']}, {paths['json']} and {paths['plot']}")
     return 0
 
 
 def _eval_edits(args: argparse.Namespace) -> int:
-    """sliders-eval --edit_scenes N: the edit protocol (`evaluation.edits`)."""
-    from ..config import EDIT_START_NOISE
-
+    """sliders-eval --edit_scenes N: the edit protocol (`evaluation.edits`); --start_noise defaults
+    to EDIT_START_NOISE there."""
     given = [flag for flag, value in (("--prompt", args.prompt), ("--prompts_file", args.prompts_file),
                                       ("--baseline_prompts_file", args.baseline_prompts_file)) if value]
     if given:
@@ -93,18 +92,15 @@ def _eval_edits(args: argparse.Namespace) -> int:
                          "(edit the captions with --baseline_replace)")
     if args.fused:
         raise InputError("--fused is for generated images; drop it with --edit_scenes")
-    if args.start_noise is None:
-        args.start_noise = EDIT_START_NOISE
 
     from ..evaluation.edits import run_edit_evaluation
 
-    kwargs = generation_kwargs(args)
-    kwargs.pop("fused")
     paths = run_edit_evaluation(
         args.slider, args.scales, scenes=args.edit_scenes, scene_seed=args.scene_seed,
         scene_style=args.scene_style, method=args.inversion,
         null_text_iterations=args.null_text_iterations, measurer=args.measurer, target=args.target,
-        measurer_args=args.measurer_arg, baseline_replace=args.baseline_replace, images=args.save_images, **kwargs,
+        measurer_args=args.measurer_arg, baseline_replace=args.baseline_replace, images=args.save_images,
+        settings=generation_settings(args),
     )
     print(f"wrote {paths['markdown']}, {paths['json']} and {paths['plot']}")
     return 0

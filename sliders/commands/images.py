@@ -5,11 +5,14 @@ images inverted and regenerated at each slider scale)."""
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..cli import _Parser, _setup_logging, add_verbose_flag
 from ..errors import InputError
 from .flags import add_config_flags
+
+if TYPE_CHECKING:
+    from ..planning import GenerationSettings
 
 
 def generation_flags(parser: _Parser, *, steps: int, output: str, start_noise: int | None = None,
@@ -50,26 +53,22 @@ def inversion_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, i
                         help=f"null-text optimisation steps per timestep (default {NULL_TEXT_ITERATIONS})")
 
 
-def generation_kwargs(args: argparse.Namespace) -> dict:
-    if getattr(args, "fused", False) and args.precision != "fp32":
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    """The generation flags (`generation_flags`) as the settings a run takes; `--fused` only in fp32."""
+    from ..planning import GenerationSettings
+
+    fused = getattr(args, "fused", False)
+    if fused and args.precision != "fp32":
         raise InputError(
             f"--fused folds the sliders into the UNet weights, which in {args.precision} would round the sliders' "
             "change away; use --fused with --precision fp32, or leave --fused off"
         )
-    return {
-        "output": args.output,
-        "start_noise": args.start_noise,
-        "steps": args.steps,
-        "guidance_scale": args.guidance_scale,
-        "pretrained_model": args.pretrained_model,
-        "device": args.device,
-        "precision": args.precision,
-        "resolution": args.resolution,
-        "negative_prompt": args.negative_prompt,
-        "transformer": args.transformer,
-        "quantize": args.quantize,
-        **({"fused": args.fused} if hasattr(args, "fused") else {}),
-    }
+    return GenerationSettings(
+        output=args.output, start_noise=args.start_noise, steps=args.steps, guidance_scale=args.guidance_scale,
+        pretrained_model=args.pretrained_model, device=args.device, precision=args.precision,
+        resolution=args.resolution, negative_prompt=args.negative_prompt, transformer=args.transformer,
+        quantize=args.quantize, fused=fused,
+    )
 
 
 def sample(argv: Sequence[str] | None) -> int:
@@ -91,7 +90,7 @@ def sample(argv: Sequence[str] | None) -> int:
         parse_scales(args.scales),
         args.prompt,
         parse_seeds(args.seeds),
-        **generation_kwargs(args),
+        settings=generation_settings(args),
     )
     print(f"wrote {len(images)} images and {grid}")
     return 0
@@ -125,7 +124,7 @@ def edit(argv: Sequence[str] | None) -> int:
         prompt=args.prompt or "",
         method=args.inversion,
         null_text_iterations=args.null_text_iterations,
-        **generation_kwargs(args),
+        settings=generation_settings(args),
     )
     print(f"wrote {len(run.images)} edited images, {run.grid} and {run.report}")
     return 0

@@ -15,6 +15,7 @@ It does not define the command line (see `cli`) and does not train.
 """
 
 from ..parsing import MAX_SEEDS, parse_seeds
+from ..planning import GenerationSettings
 from .measurers import MEASURERS, Measurer, ShapesMeasurer, get_measurer, measure_samples, parse_measurer_args
 from .plot import PLOT_BOTTOM, PLOT_LEFT, PLOT_RIGHT, PLOT_SIZE, PLOT_TOP, SERIES_COLOURS, plot_report, plot_scores
 from .quality import conceptual_range, conceptual_smoothness, is_monotone, quality, slider_quality
@@ -45,6 +46,7 @@ __all__ = [
     "REPORT_PLOT",
     "REPORT_SCORES",
     "SERIES_COLOURS",
+    "GenerationSettings",
     "Measurer",
     "ShapesMeasurer",
     "average_ranks",

@@ -21,12 +21,13 @@ import numpy as np
 
 from .. import __version__
 from ..config import DEFAULT_INVERSION, EDIT_START_NOISE, EVAL_STEPS, NULL_TEXT_ITERATIONS
-from ..editing import Edited, EditImage, check_edit_settings, check_family_edit, edit_grid, edit_images
+from ..editing import (Edited, EditImage, check_edit_settings, check_family_edit, check_unfused, edit_grid,
+                       edit_images)
 from ..errors import InputError, OutputError
 from ..generation import Sample
 from ..diffusion import time_ids
 from ..outputs import GRID_NAME, edit_name, kept_on_interrupt, owned_output, write_kept
-from ..planning import base_options_record, loaded, plan_run
+from ..planning import GenerationSettings, base_options_record, loaded, plan_run
 from ..shapes.world import SCENE_STYLES, SIZE_WORDS, render_dataset, styled
 from .measurers import Measurer, is_reference, measure_samples, measurer_name, pair_key
 from .report import jsonable, summarise, write_report
@@ -102,7 +103,7 @@ def run_edit_evaluation(
     scales: Sequence[float] | str | None,
     *,
     scenes: int,
-    output: str | Path,
+    settings: GenerationSettings,
     scene_seed: int = 0,
     scene_style: str = "world",
     size_word: str | None = "medium",
@@ -112,36 +113,26 @@ def run_edit_evaluation(
     target: str | None = None,
     measurer_args: Sequence[str] | dict | None = None,
     baseline_replace: Sequence[str] | str | None = None,
-    start_noise: float = EDIT_START_NOISE,
-    steps: int = EVAL_STEPS,
-    guidance_scale: float | None = None,
-    pretrained_model: str | None = None,
-    device: str | None = None,
-    precision: str = "fp32",
-    resolution: int | None = None,
-    negative_prompt: str = "",
     images: bool = False,
-    transformer: str | Path | None = None,
-    quantize: str = "none",
 ) -> dict[str, Path]:
     """Validate everything, load the base model and sliders once, edit `scenes` rendered scenes at
     every scale (each inverted once with its caption as the prompt) and write the report
     (`report.json`, `report.md`, `plot.png`); with `images` also every edit, its input and a grid.
     `size_word` fixes the scenes' size bin (medium: room to grow and to shrink), so that one
-    `baseline_replace` such as medium=large edits every caption."""
+    `baseline_replace` such as medium=large edits every caption. Of `settings` (`planning.plan_run`'s,
+    without `fused`), `steps` None is EVAL_STEPS and `start_noise` None EDIT_START_NOISE; the guidance
+    left None is the first slider's family's."""
     started = time.perf_counter()
     registered, target = check_measurer(measurer, target)
     method = check_edit_settings(method, null_text_iterations)
+    check_unfused(settings)
     scenes, scene_seed = check_scene_count(scenes, scene_seed)
     if size_word is not None and size_word not in SIZE_WORDS:
         raise InputError(f"scene size {size_word!r} is unknown; choose one of {', '.join(SIZE_WORDS)}")
     if not isinstance(images, bool):
         raise InputError(f"--save_images must be true or false, got {images!r}")
-    plan = plan_run(
-        as_specs(specs), scales, [""], (0,), output=output, start_noise=start_noise, steps=steps,
-        guidance_scale=guidance_scale, pretrained_model=pretrained_model, device=device, precision=precision,
-        resolution=resolution, negative_prompt=negative_prompt, transformer=transformer, quantize=quantize,
-    )
+    settings = settings.with_defaults(steps=EVAL_STEPS, start_noise=EDIT_START_NOISE)
+    plan = plan_run(as_specs(specs), scales, [""], (0,), settings=settings)
     check_family_edit(plan, method)
     for spec, spec_scales in zip(plan.specs, plan.scale_lists):
         if 0.0 not in spec_scales:

@@ -30,7 +30,7 @@ from ..grids import make_grid
 from ..network import SliderNetwork
 from ..outputs import GRID_NAME, image_name, kept_on_interrupt, owned_output, write_kept
 from ..parsing import SliderSpec, check_prompts, check_scales, check_seeds, parse_seeds, parse_slider_arg
-from ..planning import base_options_record, check_fused, loaded, plan_run
+from ..planning import GenerationSettings, base_options_record, check_fused, loaded, plan_run
 from .measurers import (
     MEASURERS,
     Measurer,
@@ -366,46 +366,32 @@ def run_evaluation(
     prompts: Sequence[str],
     seeds: Sequence[int] | str,
     *,
-    output: str | Path,
+    settings: GenerationSettings,
     measurer: "str | Measurer" = "shapes",
     target: str | None = None,
     measurer_args: Sequence[str] | dict | None = None,
     compare: bool = False,
     baseline_prompts: Sequence[str] | None = None,
     baseline_replace: Sequence[str] | str | None = None,
-    start_noise: float | None = None,
-    steps: int = EVAL_STEPS,
-    guidance_scale: float | None = None,
-    pretrained_model: str | None = None,
-    device: str | None = None,
-    precision: str = "fp32",
-    resolution: int | None = None,
-    negative_prompt: str = "",
     images: bool = False,
-    fused: bool = False,
-    transformer: str | Path | None = None,
-    quantize: str = "none",
 ) -> dict[str, Path]:
     """Validate everything, load the base model and sliders once, evaluate and write the report.
 
     Arguments map 1:1 to `sliders-eval` flags (`--slider` gives `specs`, `--save_images` `images`;
-    `--prompts_file` goes through `read_prompt_lines`, `--seeds` may be text for `parse_seeds`).
-    The base model, resolution, start_noise and guidance default to those recorded in the first
-    slider's metadata, else its family's; on FLUX.1, `transformer` and `quantize` are
-    `planning.plan_run`'s. Returns the paths written: json,
+    `--prompts_file` goes through `read_prompt_lines`, `--seeds` may be text for `parse_seeds`), the
+    generation flags held in `settings`. Its `steps` None is EVAL_STEPS; the base model, resolution,
+    start_noise and guidance left None are those recorded in the first slider's metadata, else its
+    family's (`planning.plan_run`). Returns the paths written: json,
     markdown, plot, and with `images` also images (the folder), grid and, with a baseline,
     baseline_grid.
     """
     # Everything the user gave is checked before any model is loaded.
     registered, target = check_measurer(measurer, target)
     specs = as_specs(specs)
-    plan = plan_run(
-        specs, scales, prompts, parse_seeds(seeds) if isinstance(seeds, str) else seeds, output=output,
-        start_noise=start_noise, steps=steps, guidance_scale=guidance_scale, pretrained_model=pretrained_model,
-        device=device, precision=precision, resolution=resolution, negative_prompt=negative_prompt,
-        transformer=transformer, quantize=quantize,
-    )
-    check_fused(fused, plan)
+    settings = settings.with_defaults(steps=EVAL_STEPS)
+    plan = plan_run(specs, scales, prompts, parse_seeds(seeds) if isinstance(seeds, str) else seeds,
+                    settings=settings)
+    check_fused(settings.fused, plan)
     if baseline_prompts is not None and baseline_replace is not None:
         raise InputError("both baseline prompts and --baseline_replace given; use one way to make the edited prompts")
     if baseline_replace is not None:
@@ -447,7 +433,8 @@ def run_evaluation(
                 baseline_prompts=baseline_prompts, start_noise=plan.start_noise, steps=plan.steps,
                 guidance_scale=plan.guidance_scale, height=plan.resolution, width=plan.resolution,
                 negative_prompt=plan.negative_prompt, slider_names=names,
-                slider_paths=[spec.path for spec in plan.specs], fused=fused, on_sample=keep if images else None,
+                slider_paths=[spec.path for spec in plan.specs], fused=settings.fused,
+                on_sample=keep if images else None,
                 processes=processes, compare=compare,
             )
 
