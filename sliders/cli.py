@@ -32,7 +32,8 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.config_keys: list[str] = []  # the config keys whose flags `commands.flags.add_config_flags` added
+        # config key -> its flag's argparse dest, for the flags `commands.flags.add_config_flags` added
+        self.config_keys: dict[str, str] = {}
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
         argv = list(sys.argv[1:] if args is None else args)

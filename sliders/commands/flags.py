@@ -18,10 +18,6 @@ _PARSERS = {"names": parse_names, "scales": parse_scales}
 _TYPES = {"int": int, "float": float}
 
 
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
-
-
 def add_config_flags(parser: _Parser, keys: Iterable[str],
                      defaults: Mapping[str, Any] | None = None) -> None:
     """Add the flags of these dotted config keys to `parser`, in this order.
@@ -41,16 +37,16 @@ def add_config_flags(parser: _Parser, keys: Iterable[str],
                 options["type"] = _TYPES[base]
         default = (defaults or {}).get(key)
         shown = default if default is not None else f"the config value, {field.default}"
-        parser.add_argument(flag, default=default, help=text.format(key=key, default=shown), **options)
-        parser.config_keys.append(key)
+        action = parser.add_argument(flag, default=default, help=text.format(key=key, default=shown), **options)
+        parser.config_keys[key] = action.dest
 
 
 def config_overrides(parser: _Parser, args: argparse.Namespace) -> dict[str, Any]:
     """The dotted-key overrides (`config.load_config`) of the config flags `parser` has; None: not given."""
     overrides = {}
-    for key in parser.config_keys:
+    for key, dest in parser.config_keys.items():
         metadata = config_field(key).metadata
-        value = getattr(args, _dest(metadata["flag"]))
+        value = getattr(args, dest)
         if value is not None and "parse" in metadata:
             value = _PARSERS[metadata["parse"]](value, metadata["flag"])
         overrides[key] = value
