@@ -94,6 +94,20 @@ def test_one_process_communicates_nothing():
     assert one.gather("x") == ["x"] and one.share("y") == "y" and one.sum([1, 2]) == [1.0, 2.0]
 
 
+def test_a_command_closes_its_process_group_before_it_exits():
+    """A process left with gloo's threads running can abort at interpreter exit, failing a launched
+    run whose results were all written: every command closes the group on its way out."""
+    from sliders.cli import _run
+
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        assert _run(lambda argv: 0, []) == 0
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def _manual_step(config, entries, ranks: int, path: Path) -> dict:
     """One optimizer step of the single-process loop, written out: each rank's training point drawn
     from its derived seed on its own copy of the model, the gradients averaged by hand. The slider
