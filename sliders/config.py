@@ -113,7 +113,8 @@ def flag(default: Any, name: str, help: str, **options: Any) -> Any:
 
 @dataclass(frozen=True)
 class PretrainedModelConfig:
-    name_or_path: str = flag(BUILTIN_MODEL, "--pretrained_model", "base model: a diffusers folder, hub id or single file (SDXL, SD 1.x/2.x, FLUX.1)")
+    name_or_path: str = flag(BUILTIN_MODEL, "--pretrained_model",
+                             "base model: a diffusers folder, hub id or single file (SDXL, SD 1.x/2.x, FLUX.1)")
     family: str | None = None  # sdxl, sd1, sd2; None: read from the model's files (sliders.families)
     v2: bool = False
     v_pred: bool = False
